@@ -1,0 +1,222 @@
+"""Typed experiment configuration, loaded from one YAML file per experiment.
+
+Every stage reads its own small dataclass. Loading is strict: an unknown key or a value of the wrong type is a
+`ConfigError` that names the dotted key and the file, because a silently ignored typo in a sweep wastes GPU-hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+@dataclass
+class SplitConfig:
+    val: float = 0.15
+    """Fraction of source files (not chunks) in the validation split."""
+    test: float = 0.15
+    """Fraction of source files in the test split."""
+    seed: int = 0
+    """Seed of the per-label shuffle that assigns files to splits."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["demo", "folder"] = "folder"
+    """`demo` builds the Fish Fillets speaker dataset into `root` if it is missing; `folder` reads `root` as is."""
+    root: str = "data/demo"
+    """Folder with one sub-folder per class, each holding audio files."""
+    sample_rate: int = 16000
+    """Every file is resampled to this rate, so a model cannot learn the recording rate instead of the class."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    """How source files are split into train / val / test."""
+
+
+@dataclass
+class PreprocessConfig:
+    chunk_seconds: float = 3.0
+    """Length of each chunk; the seed method used 1, 3, 5 and 10 s."""
+    last_chunk: Literal["drop", "pad"] = "drop"
+    """What to do with a final chunk shorter than `chunk_seconds`: drop it or zero-pad it."""
+    min_last_chunk: float = 0.5
+    """With `pad`, the shortest remainder (as a fraction of a chunk) still worth padding."""
+    n_mfcc: int = 13
+    """MFCC coefficients per frame (13 as in seed 001)."""
+    n_mels: int = 64
+    """Mel bands of the log-mel spectrogram (and of the MFCC filterbank)."""
+    n_fft: int = 400
+    """FFT size in samples."""
+    hop_length: int = 160
+    """Hop between frames in samples."""
+    top_db: float = 80.0
+    """Dynamic range kept by the dB conversion, below the loudest bin of each chunk."""
+    images: bool = True
+    """Write one spectrogram image per chunk under images/<label>/."""
+    image_feature: Literal["logmel", "mfcc"] = "logmel"
+    """Which feature the images show."""
+    image_size: int = 128
+    """Height and width of each square image in pixels."""
+    colormap: str = "magma"
+    """Matplotlib colormap name used as a lookup table."""
+    workers: int = 2
+    """Dask workers of the LocalCluster (one thread each)."""
+    files_per_task: int = 64
+    """Source files per Dask task (one feature shard each); large enough that scheduling overhead stays small."""
+
+
+@dataclass
+class TrainConfig:
+    model: Literal["cnn"] = "cnn"
+    """Classifier architecture (seed 000's small CNN)."""
+    feature: Literal["logmel", "mfcc"] = "logmel"
+    """Which feature shards the model reads."""
+    epochs: int = 3
+    """Passes over the training split."""
+    batch_size: int = 32
+    """Batch size per rank; the global batch is this times the world size."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    world_sizes: list[int] = field(default_factory=lambda: [1, 2])
+    """Each entry is one configuration: the number of DDP ranks."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` uses one GPU per rank when there are enough, else CPU ranks with gloo."""
+    threads_per_rank: int = 1
+    """CPU threads per rank, so that a CPU rank stands for one fixed unit of compute like a GPU."""
+    skip_oversubscribed: bool = True
+    """Skip CPU configurations needing more cores than the machine has (they are named in the report)."""
+    seed: int = 0
+    """Seed of model init and data order."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    """Short name of the experiment, shown in reports."""
+    run_dir: str = "results/experiment"
+    """Folder that holds every output of this experiment."""
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment, apply `key.sub=value` overrides, and validate it into an ExperimentConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item, path)
+    config = build(ExperimentConfig, raw, source=str(path))
+    _check_ranges(config, str(path))
+    return config
+
+
+def _check_ranges(config: ExperimentConfig, source: str) -> None:
+    """Values that type-check but cannot work, reported before any stage spends time on them."""
+    split, pre, train = config.data.split, config.preprocess, config.train
+    problems = {
+        "data.sample_rate": config.data.sample_rate > 0,
+        "data.split.val": 0 <= split.val < 1,
+        "data.split.test": 0 <= split.test < 1 and split.val + split.test < 1,
+        "preprocess.chunk_seconds": pre.chunk_seconds > 0,
+        "preprocess.min_last_chunk": 0 < pre.min_last_chunk <= 1,
+        "preprocess.n_mfcc": 0 < pre.n_mfcc <= pre.n_mels,
+        "preprocess.hop_length": 0 < pre.hop_length <= pre.n_fft,
+        "preprocess.workers": pre.workers >= 1,
+        "preprocess.files_per_task": pre.files_per_task >= 1,
+        "preprocess.image_size": pre.image_size >= 8,
+        "train.epochs": train.epochs >= 1,
+        "train.batch_size": train.batch_size >= 1,
+        "train.lr": train.lr > 0,
+        "train.world_sizes": bool(train.world_sizes) and all(n >= 1 for n in train.world_sizes),
+        "train.threads_per_rank": train.threads_per_rank >= 1,
+    }
+    for key, ok in problems.items():
+        if not ok:
+            value = config
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"{source}: '{key}' has an impossible value {value!r}")
+
+
+def _apply_override(raw: dict, item: str, source: Path) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=64")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: --set {key}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def build(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """Turn a parsed mapping into dataclass `cls`, checking every key and type on the way."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{where}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}' (known keys in {where}: {', '.join(sorted(known))})"
+        )
+    values = {name: _coerce(hints[name], value, source, f"{prefix}{name}") for name, value in raw.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, source, prefix=f"{key}.")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ConfigError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        (item_hint,) = typing.get_args(hint)
+        return [_coerce(item_hint, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def to_dict(config: Any) -> dict:
+    """Plain-data view of a config, for writing next to the outputs it produced."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: ExperimentConfig, path: Path) -> None:
+    from pipeline.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,99 @@
+"""The preprocessing stage: split the manifest into tasks, run them on an executor, merge their shards' index.
+
+`preprocess` takes any `concurrent.futures.Executor`: a Dask client's executor on a cluster, a process pool, or
+None to run serially in the calling process (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from concurrent.futures import Executor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ExperimentConfig
+from pipeline.data.manifest import SourceFile, read_manifest
+from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.preprocess import shards
+from pipeline.preprocess.task import Task, run_task
+
+
+def make_tasks(files: list[SourceFile], files_per_task: int) -> list[Task]:
+    return [Task(i, tuple(files[start:start + files_per_task]))
+            for i, start in enumerate(range(0, len(files), files_per_task))]
+
+
+def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> dict:
+    """Run every incomplete task, then write features/index.csv, stats.json, labels.json and rejects.csv."""
+    run_dir = Path(config.run_dir)
+    (run_dir / "features").mkdir(parents=True, exist_ok=True)
+    tasks = make_tasks(read_manifest(run_dir / "manifest.csv"), config.preprocess.files_per_task)
+    args = (config.preprocess, config.data.sample_rate, str(run_dir))
+    started = time.perf_counter()
+    summaries = []
+    if executor is None:
+        for task in tasks:
+            summaries.append(run_task(task, *args))
+            _progress(len(summaries), len(tasks))
+    else:
+        futures = [executor.submit(run_task, task, *args) for task in tasks]
+        for future in as_completed(futures):
+            summaries.append(future.result())
+            _progress(len(summaries), len(tasks))
+    summaries.sort(key=lambda s: s["task_id"])
+    summary = _write_index(run_dir / "features", summaries)
+    summary["workers"] = config.preprocess.workers if executor is not None else 1
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["chunks_per_second"] = round(summary["chunks"] / max(summary["seconds"], 1e-9), 2)
+    atomic_write_json(run_dir / "features" / "summary.json", summary)
+    return summary
+
+
+def _progress(done: int, total: int) -> None:
+    """One line per tenth of the tasks: readable on a terminal and in a SLURM log alike."""
+    if done == total or done * 10 // total != (done - 1) * 10 // total:
+        print(f"preprocess: {done}/{total} tasks", file=sys.stderr, flush=True)
+
+
+def _write_index(features_dir: Path, summaries: list[dict]) -> dict:
+    index, rejects = [], []
+    for s in summaries:
+        shard = shards.shard_dir(features_dir, s["task_id"])
+        for row_number, row in enumerate(shards.read_chunks(shard)):
+            index.append({"shard": shard.name, "row": row_number, **row})
+        rejects.extend(s["rejects"])
+    labels = sorted({row["label"] for row in index})
+    atomic_write_text(features_dir / "index.csv", _csv(index, ["shard", "row", *shards.CHUNK_COLUMNS]))
+    atomic_write_text(features_dir / "rejects.csv", _csv(rejects, ["path", "reason"]))
+    atomic_write_json(features_dir / "labels.json", labels)
+    atomic_write_json(features_dir / "stats.json", _merge_stats([s["train_stats"] for s in summaries]))
+    per_split = {split: sum(r["split"] == split for r in index) for split in ("train", "val", "test")}
+    return {"tasks": len(summaries), "files": sum(s["files"] for s in summaries), "chunks": len(index),
+            "chunks_per_split": per_split, "rejected_files": len(rejects), "labels": labels}
+
+
+def _merge_stats(parts: list[dict]) -> dict:
+    """Per-bin mean and std of each feature over the training split, for input normalisation."""
+    merged = {}
+    for name in sorted({n for p in parts for n in p}):
+        frames = sum(p[name]["frames"] for p in parts if name in p)
+        if frames == 0:
+            continue
+        total = np.sum([p[name]["sum"] for p in parts if name in p and p[name]["frames"]], axis=0)
+        total_sq = np.sum([p[name]["sumsq"] for p in parts if name in p and p[name]["frames"]], axis=0)
+        mean = total / frames
+        std = np.sqrt(np.maximum(total_sq / frames - mean**2, 1e-12))
+        merged[name] = {"frames": int(frames), "mean": mean.tolist(), "std": std.tolist()}
+    return merged
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

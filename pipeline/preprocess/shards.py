@@ -1,0 +1,59 @@
+"""Feature shards: one folder per Dask task, written atomically, plus one index over all of them.
+
+A shard holds one `.npy` array per feature ([chunks, bins, frames], float16) and `chunks.csv` naming each row's
+source file, label and split. `.npy` was chosen because the trainer can memory-map it and read any row without
+decoding a container, and numpy is all it takes to inspect one. A shard folder is built under a temporary name and
+renamed into place, so a folder named `shard-NNNNN` is always complete: that rename is the completion marker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CHUNK_COLUMNS = ["path", "label", "split", "chunk", "start_s", "end_s", "image"]
+
+
+def shard_dir(features_dir: Path, task_id: int) -> Path:
+    return Path(features_dir) / f"shard-{task_id:05d}"
+
+
+def is_complete(features_dir: Path, task_id: int) -> bool:
+    return (shard_dir(features_dir, task_id) / "summary.json").is_file()
+
+
+def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray], rows: list[dict],
+                summary: dict) -> Path:
+    final = shard_dir(features_dir, task_id)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=features_dir))
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array.astype(np.float16))
+        with open(tmp / "chunks.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CHUNK_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / "summary.json").write_text(json.dumps(summary))
+        if final.exists():  # an earlier attempt of the same task (a retried worker) finished first
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def read_summary(features_dir: Path, task_id: int) -> dict:
+    return json.loads((shard_dir(features_dir, task_id) / "summary.json").read_text())
+
+
+def read_chunks(shard: Path) -> list[dict]:
+    with open(shard / "chunks.csv", newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,65 @@
+"""The stages of one experiment, each a plain function of the validated config; the CLI is a thin layer on these."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.config import ExperimentConfig, save_config
+from pipeline.data.demo import build_demo
+from pipeline.data.manifest import build_manifest, write_manifest
+
+
+def resolved_config_path(config: ExperimentConfig) -> Path:
+    """The run folder keeps the config it was made with (overrides applied); training ranks read this copy."""
+    return Path(config.run_dir) / "config.yaml"
+
+
+def data_stage(config: ExperimentConfig) -> Path:
+    root = Path(config.data.root)
+    if config.data.source == "demo" and not (root / "SOURCES.csv").exists():
+        print(f"data: building the demo dataset in {root}", flush=True)
+        build_demo(root, config.data.sample_rate, workers=config.preprocess.workers)
+    rows = build_manifest(root, config.data.split)
+    manifest = Path(config.run_dir) / "manifest.csv"
+    write_manifest(rows, manifest)
+    per_split = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
+    print(f"data: {len(rows)} source files in {len({r.label for r in rows})} classes, "
+          f"files per split {per_split} -> {manifest}", flush=True)
+    return manifest
+
+
+def preprocess_stage(config: ExperimentConfig) -> dict:
+    from pipeline.preprocess.cluster import dask_executor
+    from pipeline.preprocess.run import preprocess
+
+    with dask_executor(config.preprocess) as executor:
+        summary = preprocess(config, executor)
+    print(f"preprocess: {summary['chunks']} chunks from {summary['files']} files in {summary['seconds']:.1f} s, "
+          f"{summary['rejected_files']} files rejected (features/rejects.csv)", flush=True)
+    return summary
+
+
+def train_stage(config: ExperimentConfig, force: bool = False) -> list[Path]:
+    from pipeline.train.launch import train_all
+
+    return train_all(config, resolved_config_path(config), force=force)
+
+
+def report_stage(run_dir: Path) -> Path:
+    from pipeline.report.report import write_report
+
+    path = write_report(run_dir)
+    print(f"report: {path}", flush=True)
+    return path
+
+
+def run_all(config: ExperimentConfig, force: bool = False) -> Path:
+    started = time.perf_counter()
+    save_config(config, resolved_config_path(config))
+    data_stage(config)
+    preprocess_stage(config)
+    train_stage(config, force=force)
+    path = report_stage(Path(config.run_dir))
+    print(f"run: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return path

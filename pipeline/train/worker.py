@@ -1,0 +1,131 @@
+"""One DDP rank of one training configuration; started by torchrun (`python -m pipeline.train.worker`).
+
+Rank, world size and the rendezvous come from the environment torchrun sets. Rank 0 writes metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from pipeline.config import TrainConfig, load_config
+from pipeline.io import atomic_write_json
+from pipeline.train.data import load_split
+from pipeline.train.environment import describe_environment
+from pipeline.train.model import build_model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="resolved experiment YAML")
+    parser.add_argument("--out", required=True, help="folder of this configuration")
+    parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    args = parser.parse_args(argv)
+    experiment = load_config(args.config)
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    config = experiment.train
+    if args.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        torch.set_num_threads(config.threads_per_rank)
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    try:
+        metrics = train(experiment.run_dir, config, rank, world, device)
+        if rank == 0:
+            metrics.update(describe_environment(device, config.threads_per_rank, world))
+            atomic_write_json(Path(args.out) / "metrics.json", metrics)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
+    """Train with DDP, evaluate on val after each epoch and on test at the end; returns rank 0's metrics."""
+    torch.manual_seed(config.seed)
+    x_train, y_train, labels = load_split(Path(run_dir), config.feature, "train")
+    splits = {name: load_split(Path(run_dir), config.feature, name)[:2] for name in ("val", "test")}
+    model = build_model(config.model, len(labels)).to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=config.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    sampler = DistributedSampler(TensorDataset(x_train, y_train), num_replicas=world, rank=rank,
+                                 shuffle=True, seed=config.seed, drop_last=True)
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=config.batch_size, sampler=sampler,
+                        drop_last=True, num_workers=0, pin_memory=device.type == "cuda")
+    history, step_times, data_times = [], [], []
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)
+        ddp.train()
+        _synchronize(device)
+        epoch_start = tick = time.perf_counter()
+        loss_sum = torch.zeros(2, device=device)
+        for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            data_times.append(time.perf_counter() - tick)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(ddp(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += torch.stack([loss.detach() * len(yb), torch.tensor(len(yb), device=device)])
+            _synchronize(device)
+            now = time.perf_counter()
+            step_times.append(now - tick)
+            tick = now
+        epoch_time = time.perf_counter() - epoch_start
+        dist.all_reduce(loss_sum)
+        val_accuracy = evaluate(model, *splits["val"], rank, world, device, config.batch_size)
+        history.append({"epoch": epoch + 1, "train_loss": (loss_sum[0] / loss_sum[1]).item(),
+                        "val_accuracy": val_accuracy, "epoch_time_s": epoch_time,
+                        "samples": int(loss_sum[1].item())})
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
+                  f"val acc {val_accuracy:.3f} ({epoch_time:.1f} s)", flush=True)
+    test_accuracy = evaluate(model, *splits["test"], rank, world, device, config.batch_size)
+    steady = history[1:] or history  # the first epoch pays one-off costs (allocator, caches)
+    samples_per_second = sum(h["samples"] for h in steady) / sum(h["epoch_time_s"] for h in steady)
+    return {
+        "world_size": world, "device": device.type, "model": config.model, "feature": config.feature,
+        "batch_size_per_rank": config.batch_size, "global_batch_size": config.batch_size * world,
+        "epochs": config.epochs, "lr": config.lr, "train_samples": len(y_train), "steps_per_epoch": len(loader),
+        "samples_per_second": samples_per_second, "samples_per_second_per_rank": samples_per_second / world,
+        "mean_step_time_s": sum(step_times) / len(step_times),
+        "mean_data_time_s": sum(data_times) / len(data_times),
+        "epoch_time_s": sum(h["epoch_time_s"] for h in steady) / len(steady),
+        "final_val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_accuracy,
+        "labels": labels, "history": history,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, device: torch.device,
+             batch_size: int) -> float:
+    """Accuracy over the whole split: each rank scores every world-th sample and the counts are summed."""
+    model.eval()
+    counts = torch.zeros(2, device=device)
+    mine = torch.arange(rank, len(y), world)
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        predictions = model(x[idx].to(device)).argmax(dim=1)
+        counts += torch.stack([(predictions == y[idx].to(device)).sum().float(),
+                               torch.tensor(float(len(idx)), device=device)])
+    dist.all_reduce(counts)
+    return (counts[0] / counts[1]).item()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The preprocessing stage on real speech: serial and on a real Dask LocalCluster, resume, bad files."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.preprocess.cluster import dask_executor
+from pipeline.preprocess.run import preprocess
+from pipeline.stages import data_stage
+from tests.conftest import tiny_experiment
+
+
+def prepared(tmp_path: Path, speech_dir: Path, **sections):
+    config = load_config(tiny_experiment(tmp_path, speech_dir, **sections))
+    data_stage(config)
+    return config
+
+
+def read_index(run_dir: Path) -> list[dict]:
+    with open(Path(run_dir) / "features" / "index.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_serial_run_writes_shards_index_images_and_stats(tmp_path, speech_dir):
+    config = prepared(tmp_path, speech_dir)
+    summary = preprocess(config)
+    run = Path(config.run_dir)
+    index = read_index(run)
+    assert summary["chunks"] == len(index) > 20
+    assert summary["tasks"] == 5  # 20 files, 4 per task
+    splits_of_file = {}
+    for row in index:
+        splits_of_file.setdefault(row["path"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in splits_of_file.values())
+    shard = run / "features" / index[0]["shard"]
+    mfcc = np.load(shard / "mfcc.npy")
+    assert mfcc.shape[1:] == (13, 101)
+    image = Image.open(run / index[0]["image"])
+    assert image.size == (32, 32) and image.mode == "RGB"
+    assert index[0]["image"].startswith(f"images/{index[0]['split']}/{index[0]['label']}/")
+    stats = (run / "features" / "stats.json").read_text()
+    assert '"logmel"' in stats and '"mfcc"' in stats
+
+
+def test_dask_cluster_gives_the_same_outputs_as_serial(tmp_path, speech_dir):
+    serial = prepared(tmp_path / "a", speech_dir)
+    preprocess(serial)
+    clustered = prepared(tmp_path / "b", speech_dir)
+    with dask_executor(clustered.preprocess) as executor:
+        preprocess(clustered, executor)
+    a, b = Path(serial.run_dir) / "features", Path(clustered.run_dir) / "features"
+    assert (a / "index.csv").read_text() == (b / "index.csv").read_text()
+    for shard in sorted(p.name for p in a.glob("shard-*")):
+        assert np.array_equal(np.load(a / shard / "logmel.npy"), np.load(b / shard / "logmel.npy"))
+
+
+def test_rerun_skips_complete_shards_and_redoes_missing_ones(tmp_path, speech_dir):
+    config = prepared(tmp_path, speech_dir)
+    preprocess(config)
+    features = Path(config.run_dir) / "features"
+    index_before = (features / "index.csv").read_text()
+    lost = features / "shard-00002"
+    shutil.rmtree(lost)  # as if the run died before this task finished
+    kept = {p: p.stat().st_mtime_ns for p in features.glob("shard-*/logmel.npy")}
+    preprocess(config)
+    assert (lost / "logmel.npy").is_file()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (features / "index.csv").read_text() == index_before
+
+
+def test_bad_files_are_rejected_with_a_reason_and_left_untouched(tmp_path, speech_dir):
+    data = tmp_path / "speech"
+    shutil.copytree(speech_dir, data)
+    bad = {
+        "not audio.wav": b"this is not a wav file",
+        "empty 'quoted'.wav": b"",
+        "truncated ünï.wav": (data / "cs-m" / sorted(p.name for p in (data / "cs-m").glob("*.wav"))[0])
+        .read_bytes()[:60],
+    }
+    for name, content in bad.items():
+        (data / "cs-m" / name).write_bytes(content)
+    config = prepared(tmp_path, data)
+    summary = preprocess(config)
+    with open(Path(config.run_dir) / "features" / "rejects.csv", newline="") as f:
+        rejects = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert set(bad) <= set(rejects)
+    assert all(rejects[name] for name in bad)
+    assert summary["rejected_files"] == len(rejects)
+    for name, content in bad.items():
+        assert (data / "cs-m" / name).read_bytes() == content

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+import torchaudio.transforms as T
+
+from pipeline.config import PreprocessConfig
+from pipeline.preprocess.chunking import chunk_bounds, cut_chunks
+from pipeline.preprocess.features import FeatureExtractor
+from pipeline.preprocess.images import colormap_table, render
+
+
+def test_chunk_bounds_drop_and_pad():
+    assert chunk_bounds(10, 4, "drop", 0.5) == [(0, 4), (4, 8)]
+    assert chunk_bounds(10, 4, "pad", 0.5) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_bounds(9, 4, "pad", 0.5) == [(0, 4), (4, 8)]  # 1 sample left is under half a chunk
+    assert chunk_bounds(3, 4, "drop", 0.5) == []
+
+
+def test_cut_chunks_zero_pads_last():
+    chunks = cut_chunks(np.arange(1, 11, dtype=np.float32), [(0, 4), (4, 8), (8, 10)], 4)
+    assert chunks.shape == (3, 4)
+    assert chunks[2].tolist() == [9, 10, 0, 0]
+
+
+def test_features_match_torchaudio_mfcc_and_do_not_depend_on_batching():
+    config = PreprocessConfig(n_mfcc=13, n_mels=40, n_fft=400, hop_length=160)
+    extractor = FeatureExtractor(config, 16000)
+    torch.manual_seed(0)
+    chunks = torch.randn(3, 16000) * torch.tensor([[1.0], [0.01], [0.1]])
+    out = extractor(chunks)
+    assert out["logmel"].shape == (3, 40, 101)
+    assert out["mfcc"].shape == (3, 13, 101)
+    reference = T.MFCC(16000, n_mfcc=13, melkwargs={"n_fft": 400, "hop_length": 160, "n_mels": 40})(chunks[1])
+    torch.testing.assert_close(out["mfcc"][1], reference, rtol=1e-4, atol=1e-3)
+    alone = extractor(chunks[1:2])
+    torch.testing.assert_close(out["logmel"][1:2], alone["logmel"])
+
+
+def test_render_uses_the_colormap_table_with_low_bins_at_the_bottom():
+    ramp = torch.linspace(0, 1, 16).view(1, 16, 1).expand(1, 16, 16)
+    image = render(ramp, 16, "viridis")
+    table = colormap_table("viridis")
+    assert image.shape == (1, 16, 16, 3) and image.dtype == np.uint8
+    assert (image[0, -1, 0] == table[0]).all()  # lowest bin, bottom row, darkest colour
+    assert (image[0, 0, 0] == table[255]).all()
+    with pytest.raises(ValueError, match="unknown matplotlib colormap 'nope'"):
+        colormap_table("nope")

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_config_loads_with_types():
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    assert config.train.world_sizes == [1, 2, 4]
+    assert config.preprocess.n_mfcc == 13
+    assert isinstance(config.preprocess.chunk_seconds, float)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "train:\n  batch_sise: 64\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: unknown key 'train\.batch_sise'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "preprocess:\n  n_mfcc: thirteen\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: 'preprocess\.n_mfcc' must be int, got 'thirteen'"):
+        load_config(path)
+
+
+def test_bool_is_not_an_int(tmp_path):
+    with pytest.raises(ConfigError, match="'train.epochs' must be int"):
+        load_config(write(tmp_path, "train:\n  epochs: true\n"))
+
+
+def test_choice_and_list_items_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="'train.device' must be one of"):
+        load_config(write(tmp_path, "train:\n  device: tpu\n"))
+    with pytest.raises(ConfigError, match=r"'train\.world_sizes\[1\]' must be int"):
+        load_config(write(tmp_path, "train:\n  world_sizes: [1, two]\n"))
+
+
+def test_impossible_value_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="'preprocess.chunk_seconds' has an impossible value -1.0"):
+        load_config(write(tmp_path, "preprocess:\n  chunk_seconds: -1\n"))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: 16\n")
+    config = load_config(path, ["train.batch_size=64", "preprocess.chunk_seconds=5", "train.world_sizes=[1,2]"])
+    assert config.train.batch_size == 64
+    assert config.preprocess.chunk_seconds == 5.0
+    assert config.train.world_sizes == [1, 2]
+    with pytest.raises(ConfigError, match="unknown key 'train.batchsize'"):
+        load_config(path, ["train.batchsize=64"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["train.batch_size"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [\n"))

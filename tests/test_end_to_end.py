@@ -1,0 +1,57 @@
+"""`pipeline run` as a user runs it: a subprocess, real Dask workers, torchrun with 2 gloo ranks."""
+
+import csv
+import json
+import subprocess
+import sys
+
+from tests.conftest import tiny_experiment
+
+
+def pipeline(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, check=False,
+                          timeout=600)
+
+
+def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
+    config = tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1, 2]})
+    result = pipeline("run", str(config), "--set", "train.epochs=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "run"
+    for name in ("ws1-cpu-bs8", "ws2-cpu-bs8"):
+        metrics = json.loads((run / "configs" / name / "metrics.json").read_text())
+        assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
+        assert metrics["samples_per_second"] > 0
+        assert 0 <= metrics["test_accuracy"] <= 1
+        assert metrics["versions"]["torch"].startswith("2.11")
+    with open(run / "scaling.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["world_size"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["speedup"]) == 1.0
+    report = (run / "report.md").read_text()
+    assert "ws2-cpu-bs8" in report and "![speedup and efficiency](speedup.png)" in report
+    assert (run / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    assert "train.epochs" not in (run / "config.yaml").read_text() and "epochs: 2" in (run / "config.yaml").read_text()
+
+    rerun = pipeline("run", str(config), "--set", "train.epochs=2")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already has metrics.json, skipped" in rerun.stdout
+
+
+def test_bad_config_exits_with_the_key_and_file(tmp_path, speech_dir):
+    config = tiny_experiment(tmp_path, speech_dir, train={"batch": 8})
+    result = pipeline("run", str(config))
+    assert result.returncode == 2
+    assert f"{config}: unknown key 'train.batch'" in result.stderr
+
+
+def test_every_command_has_help():
+    for command in (["data"], ["data", "demo"], ["data", "manifest"], ["preprocess"], ["train"], ["report"],
+                    ["run"]):
+        result = pipeline(*command, "--help")
+        assert result.returncode == 0 and "usage: pipeline" in result.stdout, command
+
+
+def test_report_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
+    result = pipeline("report", str(tmp_path))
+    assert result.returncode == 2 and "no configs/*/metrics.json" in result.stderr
