@@ -2,8 +2,10 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import tiny_experiment
 
@@ -55,3 +57,17 @@ def test_every_command_has_help():
 def test_report_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
     result = pipeline("report", str(tmp_path))
     assert result.returncode == 2 and "no configs/*/metrics.json" in result.stderr
+
+
+def test_sbatch_script_runs_the_experiment_as_a_plain_script(tmp_path, speech_dir):
+    """Outside SLURM the script is plain bash; under sbatch it gets SLURM_CPUS_PER_TASK and SLURM_SUBMIT_DIR."""
+    config = tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1], "epochs": 1})
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PIPELINE": str(Path(sys.executable).parent / "pipeline"), "SLURM_CPUS_PER_TASK": "1",
+           "SLURM_SUBMIT_DIR": str(root)}
+    result = subprocess.run(["bash", str(root / "slurm" / "run.sbatch"), str(config), "--set", "train.batch_size=4"],
+                            capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 Dask workers" in result.stdout
+    assert "workers: 1" in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "configs" / "ws1-cpu-bs4" / "metrics.json").exists()

@@ -6,6 +6,7 @@ Rank, world size and the rendezvous come from the environment torchrun sets. Ran
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 from pathlib import Path
@@ -45,8 +46,13 @@ def main(argv: list[str] | None = None) -> None:
             metrics.update(describe_environment(device, config.threads_per_rank, world))
             atomic_write_json(Path(args.out) / "metrics.json", metrics)
     finally:
+        # DDP's reducer keeps the process group alive through reference cycles. If it survives until interpreter
+        # shutdown, a gloo thread can reach for the GIL mid-finalisation and abort the rank ("terminate called
+        # without an active exception"), so it is collected and the group destroyed while Python is fully alive.
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
