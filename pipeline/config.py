@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.io import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config file or override that does not match the schema."""
@@ -217,6 +219,4 @@ def to_dict(config: Any) -> dict:
 
 
 def save_config(config: ExperimentConfig, path: Path) -> None:
-    from pipeline.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
