@@ -26,6 +26,14 @@ def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
         assert metrics["samples_per_second"] > 0
         assert 0 <= metrics["test_accuracy"] <= 1
         assert metrics["versions"]["torch"].startswith("2.11")
+        assert metrics["peak_memory_bytes"] > 50 * 2**20
+        with open(run / "configs" / name / "steps.csv", newline="") as f:
+            steps = [r for r in csv.DictReader(f) if r["epoch"] == "2"]  # epoch 1 is warm-up, left out of means
+        assert len(steps) == metrics["steps_per_epoch"]
+        for phase in ("data_s", "forward_backward_s", "optimizer_s", "allreduce_s", "step_s"):
+            recomputed = sum(float(r[phase]) for r in steps) / len(steps)
+            assert abs(metrics[f"mean_{phase}"] - recomputed) < 1e-9, phase
+        assert metrics["mean_allreduce_s"] > 0
     with open(run / "scaling.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["world_size"] for r in rows] == ["1", "2"]

@@ -8,13 +8,15 @@ import json
 from pathlib import Path
 
 from pipeline.io import atomic_write, atomic_write_text
+from pipeline.train.timing import PHASES
 
 COLUMNS = [
     ("name", "configuration"), ("world_size", "ranks"), ("device", "device"),
     ("batch_size_per_rank", "batch/rank"), ("global_batch_size", "global batch"),
     ("threads_per_rank", "threads/rank"), ("cpu_cores_available", "cores"), ("oversubscribed", "oversubscribed"),
-    ("samples_per_second", "samples/s"), ("mean_step_time_ms", "step ms"), ("mean_data_time_ms", "data ms"),
-    ("epoch_time_s", "epoch s"), ("speedup", "speedup"), ("efficiency", "efficiency"),
+    ("samples_per_second", "samples/s"), ("step_ms", "step ms"), ("data_ms", "data ms"),
+    ("forward_backward_ms", "fwd+bwd ms"), ("optimizer_ms", "optimizer ms"), ("allreduce_ms", "all-reduce ms"),
+    ("peak_memory_mb", "peak MB"), ("epoch_time_s", "epoch s"), ("speedup", "speedup"), ("efficiency", "efficiency"),
     ("final_val_accuracy", "val acc"), ("test_accuracy", "test acc"),
 ]
 
@@ -40,8 +42,9 @@ def add_scaling(rows: list[dict]) -> None:
         row["speedup"] = row["samples_per_second"] / base["samples_per_second"]
         row["efficiency"] = row["speedup"] / (row["world_size"] / base["world_size"])
         row["baseline"] = base["name"]
-        row["mean_step_time_ms"] = row["mean_step_time_s"] * 1000
-        row["mean_data_time_ms"] = row["mean_data_time_s"] * 1000
+        for phase in PHASES:
+            row[phase.replace("_s", "_ms")] = row[f"mean_{phase}"] * 1000
+        row["peak_memory_mb"] = row["peak_memory_bytes"] / 2**20
 
 
 def write_report(run_dir: Path) -> Path:
@@ -51,7 +54,9 @@ def write_report(run_dir: Path) -> Path:
         raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first")
     add_scaling(rows)
     atomic_write_text(run_dir / "scaling.csv", _csv(rows))
-    atomic_write(run_dir / "speedup.png", lambda tmp: plot_speedup(rows, tmp))
+    for fmt in ("png", "svg"):
+        atomic_write(run_dir / f"speedup.{fmt}", lambda tmp, fmt=fmt: plot_speedup(rows, tmp, fmt))
+        atomic_write(run_dir / f"step_split.{fmt}", lambda tmp, fmt=fmt: plot_step_split(rows, tmp, fmt))
     atomic_write_text(run_dir / "report.md", render_markdown(run_dir, rows, skipped))
     return run_dir / "report.md"
 
@@ -69,12 +74,39 @@ def _round(value: object) -> object:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def plot_speedup(rows: list[dict], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_step_split(rows: list[dict], path: Path, fmt: str) -> None:
+    """Stacked bars of the mean step per configuration; the overlapped all-reduce as a separate bar beside them."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(rows) + 2), 4))
+    names = [r["name"] for r in rows]
+    positions = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
+    for key, label in [("data_ms", "data wait"), ("forward_backward_ms", "forward + backward"),
+                       ("optimizer_ms", "optimizer step")]:
+        values = [r[key] for r in rows]
+        ax.bar([p - 0.18 for p in positions], values, 0.36, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.bar([p + 0.18 for p in positions], [r["allreduce_ms"] for r in rows], 0.36, color="grey", hatch="//",
+           label="gradient all-reduce (overlaps backward)")
+    ax.set(xticks=positions, xticklabels=names, ylabel="ms per step (mean)", title="Where a training step goes")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format=fmt, dpi=110)
+    plt.close(fig)
+
+
+def plot_speedup(rows: list[dict], path: Path, fmt: str) -> None:
+    plt = _pyplot()
     fig, (ax_speed, ax_eff) = plt.subplots(1, 2, figsize=(10, 4))
     for device in sorted({r["device"] for r in rows}):
         group = [r for r in rows if r["device"] == device]
@@ -93,7 +125,7 @@ def plot_speedup(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
+    fig.savefig(path, format=fmt, dpi=110)
     plt.close(fig)
 
 
@@ -110,15 +142,20 @@ def render_markdown(run_dir: Path, rows: list[dict], skipped: list[dict]) -> str
               "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in COLUMNS) + " |")
-    lines += ["", "![speedup and efficiency](speedup.png)", ""]
+    lines += ["", "![speedup and efficiency](speedup.png)", "", "![step time split](step_split.png)", ""]
     lines += ["## How this was measured", "",
               "- samples/s: training samples of all ranks per second of epoch wall time, averaged over every epoch "
               "after the first (the first pays one-off warm-up costs). The batch per rank is fixed, so the global "
               "batch grows with the ranks (weak scaling of the batch, as in data-parallel GPU training).",
               "- speedup: samples/s over that of the configuration with the fewest ranks on the same device; "
               "efficiency: speedup divided by the ratio of ranks.",
-              "- step ms: mean wall time of one optimizer step (data, forward, backward with gradient all-reduce, "
-              "update); data ms: the part spent waiting for the batch.",
+              "- step ms: mean wall time of one training step on rank 0 over the same epochs, split into data ms "
+              "(waiting for the batch), fwd+bwd ms (forward and backward, including the wait for the last gradient "
+              "all-reduce) and optimizer ms. all-reduce ms: time from launching each gradient bucket's all-reduce "
+              "to its completion, summed over buckets; it runs while backward computes, so only part of it adds "
+              "to the step. Raw per-step timings: configs/<name>/steps.csv.",
+              "- peak MB: peak resident memory of a rank's process on CPU (peak allocated tensor memory on a GPU), "
+              "the largest over the ranks.",
               "- val/test acc: accuracy on chunks of held-out source files, after the last epoch.", ""]
     lines += ["## Read this before quoting the numbers", ""] + [f"- {note}" for note in honesty_notes(rows, skipped)]
     lines += _preprocess_section(run_dir)
@@ -141,11 +178,16 @@ def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
                          f"{row['threads_per_rank']} threads on {row['cpu_cores_available']} cores; its speedup "
                          "is bounded by the cores, not by the method.")
     for row in rows:
-        if row["world_size"] > 1 and row["efficiency"] < 0.8:
-            notes.append(f"{row['name']} reaches {row['efficiency']:.0%} efficiency; its step takes "
-                         f"{row['mean_step_time_ms']:.1f} ms against {_baseline(rows, row)['mean_step_time_ms']:.1f} "
-                         "ms at the baseline, of which data wait is "
-                         f"{row['mean_data_time_ms']:.1f} ms: the rest is compute contention and all-reduce.")
+        if row["world_size"] > 1 and row["efficiency"] < 0.9:
+            base = _baseline(rows, row)
+            parts = ", ".join(f"{label} {row[key]:.1f} vs {base[key]:.1f} ms" for key, label in
+                              [("forward_backward_ms", "forward+backward"), ("data_ms", "data wait"),
+                               ("optimizer_ms", "optimizer")])
+            notes.append(
+                f"{row['name']} reaches {row['efficiency']:.0%} efficiency. Its step takes {row['step_ms']:.1f} ms "
+                f"against {base['step_ms']:.1f} ms for {base['name']}: {parts}. The gradient all-reduce takes "
+                f"{row['allreduce_ms']:.1f} ms ({row['allreduce_ms'] / row['step_ms']:.0%} of the step, partly "
+                "hidden behind backward).")
     for skip in skipped:
         notes.append(f"{skip['name']} was not run: {skip['reason']}.")
     return notes

@@ -22,6 +22,14 @@ from pipeline.io import atomic_write_json
 from pipeline.train.data import load_split
 from pipeline.train.environment import describe_environment
 from pipeline.train.model import build_model
+from pipeline.train.timing import (
+    PHASES,
+    AllReduceClock,
+    StepTimes,
+    peak_memory_bytes,
+    timed_allreduce_hook,
+    write_step_times,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metrics = train(experiment.run_dir, config, rank, world, device)
         if rank == 0:
+            write_step_times(Path(args.out) / "steps.csv", metrics.pop("step_times"))
             metrics.update(describe_environment(device, config.threads_per_rank, world))
             atomic_write_json(Path(args.out) / "metrics.json", metrics)
     finally:
@@ -68,8 +77,10 @@ def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torc
                                  shuffle=True, seed=config.seed, drop_last=True)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=config.batch_size, sampler=sampler,
                         drop_last=True, num_workers=0, pin_memory=device.type == "cuda")
-    history, step_times, data_times = [], [], []
-    for epoch in range(config.epochs):
+    clock = AllReduceClock()
+    ddp.register_comm_hook(clock, timed_allreduce_hook)
+    history, steps = [], StepTimes()
+    for epoch in range(1, config.epochs + 1):
         sampler.set_epoch(epoch)
         ddp.train()
         _synchronize(device)
@@ -77,38 +88,44 @@ def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torc
         loss_sum = torch.zeros(2, device=device)
         for xb, yb in loader:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            data_times.append(time.perf_counter() - tick)
+            got_batch = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(ddp(xb), yb)
             loss.backward()
+            _synchronize(device)
+            backward_done = time.perf_counter()
             optimizer.step()
             loss_sum += torch.stack([loss.detach() * len(yb), torch.tensor(len(yb), device=device)])
             _synchronize(device)
             now = time.perf_counter()
-            step_times.append(now - tick)
+            steps.add(epoch, data_s=got_batch - tick, forward_backward_s=backward_done - got_batch,
+                      optimizer_s=now - backward_done, allreduce_s=clock.take(), step_s=now - tick)
             tick = now
         epoch_time = time.perf_counter() - epoch_start
         dist.all_reduce(loss_sum)
         val_accuracy = evaluate(model, *splits["val"], rank, world, device, config.batch_size)
-        history.append({"epoch": epoch + 1, "train_loss": (loss_sum[0] / loss_sum[1]).item(),
+        history.append({"epoch": epoch, "train_loss": (loss_sum[0] / loss_sum[1]).item(),
                         "val_accuracy": val_accuracy, "epoch_time_s": epoch_time,
                         "samples": int(loss_sum[1].item())})
         if rank == 0:
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
+            print(f"epoch {epoch}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
                   f"val acc {val_accuracy:.3f} ({epoch_time:.1f} s)", flush=True)
     test_accuracy = evaluate(model, *splits["test"], rank, world, device, config.batch_size)
     steady = history[1:] or history  # the first epoch pays one-off costs (allocator, caches)
+    steady_epochs = {h["epoch"] for h in steady}
     samples_per_second = sum(h["samples"] for h in steady) / sum(h["epoch_time_s"] for h in steady)
+    peak = torch.tensor(float(peak_memory_bytes(device)), device=device)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return {
         "world_size": world, "device": device.type, "model": config.model, "feature": config.feature,
         "batch_size_per_rank": config.batch_size, "global_batch_size": config.batch_size * world,
         "epochs": config.epochs, "lr": config.lr, "train_samples": len(y_train), "steps_per_epoch": len(loader),
         "samples_per_second": samples_per_second, "samples_per_second_per_rank": samples_per_second / world,
-        "mean_step_time_s": sum(step_times) / len(step_times),
-        "mean_data_time_s": sum(data_times) / len(data_times),
+        **{f"mean_{phase}": steps.mean(phase, steady_epochs) for phase in PHASES},
+        "peak_memory_bytes": int(peak.item()),
         "epoch_time_s": sum(h["epoch_time_s"] for h in steady) / len(steady),
         "final_val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_accuracy,
-        "labels": labels, "history": history,
+        "labels": labels, "history": history, "step_times": steps.rows,
     }
 
 
