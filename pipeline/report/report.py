@@ -178,7 +178,7 @@ def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
                          f"{row['threads_per_rank']} threads on {row['cpu_cores_available']} cores; its speedup "
                          "is bounded by the cores, not by the method.")
     for row in rows:
-        if row["world_size"] > 1 and row["efficiency"] < 0.9:
+        if row["world_size"] > 1 and row["efficiency"] < 0.95:
             base = _baseline(rows, row)
             parts = ", ".join(f"{label} {row[key]:.1f} vs {base[key]:.1f} ms" for key, label in
                               [("forward_backward_ms", "forward+backward"), ("data_ms", "data wait"),
