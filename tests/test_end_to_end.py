@@ -79,3 +79,11 @@ def test_sbatch_script_runs_the_experiment_as_a_plain_script(tmp_path, speech_di
     assert "1 Dask workers" in result.stdout
     assert "workers: 1" in (tmp_path / "run" / "config.yaml").read_text()
     assert (tmp_path / "run" / "configs" / "ws1-cpu-bs4" / "metrics.json").exists()
+
+
+def test_stages_out_of_order_say_what_to_run_first(tmp_path, speech_dir):
+    config = tiny_experiment(tmp_path, speech_dir)
+    result = pipeline("preprocess", str(config))
+    assert result.returncode == 2 and "run `pipeline data manifest CONFIG` first" in result.stderr
+    result = pipeline("train", str(config))
+    assert result.returncode == 2 and "run `pipeline preprocess CONFIG` first" in result.stderr

@@ -31,7 +31,10 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
     """Run every incomplete task, then write features/index.csv, stats.json, labels.json and rejects.csv."""
     run_dir = Path(config.run_dir)
     (run_dir / "features").mkdir(parents=True, exist_ok=True)
-    tasks = make_tasks(read_manifest(run_dir / "manifest.csv"), config.preprocess.files_per_task)
+    manifest = run_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
+    tasks = make_tasks(read_manifest(manifest), config.preprocess.files_per_task)
     args = (config.preprocess, config.data.sample_rate, str(run_dir))
     started = time.perf_counter()
     summaries = []

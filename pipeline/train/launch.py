@@ -42,6 +42,9 @@ def plan(config: ExperimentConfig) -> list[TrainingRun]:
 
 def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) -> list[Path]:
     """Run each configuration that has no metrics.json yet; returns their folders."""
+    index = Path(config.run_dir) / "features" / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
     folders = []
     for run in plan(config):
         out = Path(config.run_dir) / "configs" / run.name
