@@ -39,7 +39,7 @@ def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
     assert [r["world_size"] for r in rows] == ["1", "2"]
     assert float(rows[0]["speedup"]) == 1.0
     report = (run / "report.md").read_text()
-    assert "ws2-cpu-bs8" in report and "![speedup and efficiency](speedup.png)" in report
+    assert "ws2-cpu-bs8" in report and "](speedup.png)" in report and "](step_split.png)" in report
     assert (run / "speedup.png").read_bytes()[:4] == b"\x89PNG"
     assert "train.epochs" not in (run / "config.yaml").read_text() and "epochs: 2" in (run / "config.yaml").read_text()
 

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
     """Train with DDP, evaluate on val after each epoch and on test at the end; returns rank 0's metrics."""
+    started = time.perf_counter()
     torch.manual_seed(config.seed)
     x_train, y_train, labels = load_split(Path(run_dir), config.feature, "train")
     splits = {name: load_split(Path(run_dir), config.feature, name)[:2] for name in ("val", "test")}
@@ -117,7 +118,8 @@ def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torc
     peak = torch.tensor(float(peak_memory_bytes(device)), device=device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return {
-        "world_size": world, "device": device.type, "model": config.model, "feature": config.feature,
+        "world_size": world, "nodes": world // int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        "device": device.type, "precision": "fp32", "model": config.model, "feature": config.feature,
         "batch_size_per_rank": config.batch_size, "global_batch_size": config.batch_size * world,
         "epochs": config.epochs, "lr": config.lr, "train_samples": len(y_train), "steps_per_epoch": len(loader),
         "samples_per_second": samples_per_second, "samples_per_second_per_rank": samples_per_second / world,
@@ -125,7 +127,7 @@ def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torc
         "peak_memory_bytes": int(peak.item()),
         "epoch_time_s": sum(h["epoch_time_s"] for h in steady) / len(steady),
         "final_val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_accuracy,
-        "labels": labels, "history": history, "step_times": steps.rows,
+        "train_wall_s": time.perf_counter() - started, "labels": labels, "history": history, "step_times": steps.rows,
     }
 
 

@@ -13,7 +13,9 @@ def metrics(world_size: int, samples_per_second: float, step_s: float, allreduce
         "batch_size_per_rank": 32, "global_batch_size": 32 * world_size, "epochs": 2,
         "samples_per_second": samples_per_second, "mean_step_s": step_s, "mean_data_s": 0.001,
         "mean_forward_backward_s": step_s - 0.011, "mean_optimizer_s": 0.01, "mean_allreduce_s": allreduce_s,
-        "peak_memory_bytes": 300 * 2**20,
+        "peak_memory_bytes": 300 * 2**20, "nodes": 1, "precision": "fp32", "train_wall_s": 360.0,
+        "history": [{"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5}, {"epoch": 2, "train_loss": 0.5,
+                                                                          "val_accuracy": 0.9}],
         "epoch_time_s": 1000 / samples_per_second, "final_val_accuracy": 0.9, "test_accuracy": 0.88,
         "hostname": "host", "cpu_model": "Test CPU", "cpu_cores_available": 2, "threads_per_rank": 1,
         "launcher": "torchrun", "oversubscribed": world_size > 2, "measured_at": "2026-11-22T00:00:00+00:00",
@@ -37,12 +39,20 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
     assert float(rows["ws2-cpu-bs32"]["speedup"]) == 1.5
     assert float(rows["ws2-cpu-bs32"]["efficiency"]) == 0.75
     assert float(rows["ws4-cpu-bs32"]["efficiency"]) == 0.4
-    assert "| ws2-cpu-bs32 | 2 | cpu | 32 | 64 |" in report
+    assert "| ws2-cpu-bs32 | cnn | 1 | 2 | cpu | fp32 | 32 | 64 |" in report
+    assert float(rows["ws4-cpu-bs32"]["device_hours"]) == 0.4  # 360 s x 4 ranks
     assert "ws4-cpu-bs32 oversubscribes the CPU: 4 ranks x 1 threads on 2 cores" in report
     assert ("ws2-cpu-bs32 reaches 75% efficiency. Its step takes 420.0 ms against 320.0 ms for ws1-cpu-bs32: "
             "forward+backward 409.0 vs 309.0 ms, data wait 1.0 vs 1.0 ms, optimizer 10.0 vs 10.0 ms. "
             "The gradient all-reduce takes 120.0 ms (29% of the step") in report
     assert "ws8-cpu-bs32 was not run: needs 8 cores, the machine gives 2." in report
     assert "CPU processes, not GPUs" in report
-    for name in ("speedup.png", "speedup.svg", "step_split.png", "step_split.svg"):
-        assert (tmp_path / name).stat().st_size > 5000, name
+    for name in ("speedup", "step_split", "curves"):
+        for fmt in ("png", "svg"):
+            assert (tmp_path / f"{name}.{fmt}").stat().st_size > 5000, name
+        assert "![" in report and f"]({name}.png)" in report
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 3 and "ws8-cpu-bs32 was not run" in page
+    scaling = json.loads((tmp_path / "scaling.json").read_text())
+    assert set(scaling["columns"]) == set(rows["ws1-cpu-bs32"])
+    assert [c["speedup"] for c in scaling["configurations"]] == [1.0, 1.5, 1.6]
