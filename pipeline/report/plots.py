@@ -73,7 +73,9 @@ def curves(rows: list[dict], path: Path, fmt: str) -> None:
         ax_acc.plot(epochs, [h["val_accuracy"] for h in row["history"]], "o-", label=row["name"])
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy", ylim=(0, 1.02))
+    epochs = sorted({h["epoch"] for row in rows for h in row["history"]})
     for ax in (ax_loss, ax_acc):
+        ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path, fmt)
