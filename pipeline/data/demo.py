@@ -7,8 +7,6 @@ is a minor character and is left out. Each language has its own pair of actors, 
 
 from __future__ import annotations
 
-import csv
-import io
 import subprocess
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.audio import AudioError, load_audio, save_wav
-from pipeline.io import atomic_write_text
+from pipeline.io import atomic_write_csv
 
 PACKAGES = {"cs": "fillets-ng-data-cs", "nl": "fillets-ng-data-nl"}
 ROLES = {"-m-": "m", "-v-": "v"}
@@ -92,10 +90,7 @@ def build_demo(out_dir: Path, sample_rate: int = 16000, max_files_per_speaker: i
     jobs = [(f.source, out_dir / f.relative_output, sample_rate) for f in files]
     with ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         problems = list(pool.map(_convert, jobs, chunksize=16))
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(["file", "speaker", "source", "skipped"])
-    writer.writerows([f.relative_output.as_posix() if p is None else "", f.speaker, str(f.source), p or ""]
-                     for f, p in zip(files, problems, strict=True))
-    atomic_write_text(out_dir / "SOURCES.csv", table.getvalue())
+    rows = [{"file": f.relative_output.as_posix() if p is None else "", "speaker": f.speaker, "source": str(f.source),
+             "skipped": p or ""} for f, p in zip(files, problems, strict=True)]
+    atomic_write_csv(out_dir / "SOURCES.csv", rows, ["file", "speaker", "source", "skipped"])
     return out_dir

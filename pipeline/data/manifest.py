@@ -7,14 +7,13 @@ and letting them straddle train and test would report memorisation as accuracy.
 from __future__ import annotations
 
 import csv
-import io
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.audio import AUDIO_SUFFIXES
 from pipeline.config import SplitConfig
-from pipeline.io import atomic_write_text
+from pipeline.io import atomic_write_csv
 
 SPLITS = ("train", "val", "test")
 
@@ -62,11 +61,7 @@ def build_manifest(root: Path, split: SplitConfig) -> list[SourceFile]:
 
 
 def write_manifest(rows: list[SourceFile], path: Path) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(SourceFile.__dataclass_fields__))
-    writer.writeheader()
-    writer.writerows(asdict(r) for r in rows)
-    atomic_write_text(path, out.getvalue())
+    atomic_write_csv(path, [asdict(r) for r in rows], list(SourceFile.__dataclass_fields__))
 
 
 def read_manifest(path: Path) -> list[SourceFile]:

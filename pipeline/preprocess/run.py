@@ -6,8 +6,6 @@ None to run serially in the calling process (tests, debugging).
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import time
 from concurrent.futures import Executor, as_completed
@@ -17,7 +15,7 @@ import numpy as np
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.manifest import SourceFile, read_manifest
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.preprocess import shards
 from pipeline.preprocess.task import Task, run_task
 
@@ -70,8 +68,8 @@ def _write_index(features_dir: Path, summaries: list[dict]) -> dict:
             index.append({"shard": shard.name, "row": row_number, **row})
         rejects.extend(s["rejects"])
     labels = sorted({row["label"] for row in index})
-    atomic_write_text(features_dir / "index.csv", _csv(index, ["shard", "row", *shards.CHUNK_COLUMNS]))
-    atomic_write_text(features_dir / "rejects.csv", _csv(rejects, ["path", "reason"]))
+    atomic_write_csv(features_dir / "index.csv", index, ["shard", "row", *shards.CHUNK_COLUMNS])
+    atomic_write_csv(features_dir / "rejects.csv", rejects, ["path", "reason"])
     atomic_write_json(features_dir / "labels.json", labels)
     atomic_write_json(features_dir / "stats.json", _merge_stats([s["train_stats"] for s in summaries]))
     per_split = {split: sum(r["split"] == split for r in index) for split in ("train", "val", "test")}
@@ -92,11 +90,3 @@ def _merge_stats(parts: list[dict]) -> dict:
         std = np.sqrt(np.maximum(total_sq / frames - mean**2, 1e-12))
         merged[name] = {"frames": int(frames), "mean": mean.tolist(), "std": std.tolist()}
     return merged
-
-
-def _csv(rows: list[dict], columns: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()

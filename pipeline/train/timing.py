@@ -7,8 +7,6 @@ time, not subtracted from it: the part of it hidden behind backward costs nothin
 """
 
 # No `from __future__ import annotations`: DDP checks the hook's annotations at runtime.
-import csv
-import io
 import resource
 import time
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.io import atomic_write_text
+from pipeline.io import atomic_write_csv
 
 PHASES = ("data_s", "forward_backward_s", "optimizer_s", "allreduce_s", "step_s")
 
@@ -70,8 +68,4 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def write_step_times(path: Path, rows: list[dict[str, float]]) -> None:
     """The raw per-step timings of rank 0, so every mean in a report can be recomputed."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["epoch", *PHASES])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, out.getvalue())
+    atomic_write_csv(path, rows, ["epoch", *PHASES])
