@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.io import atomic_write, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write, atomic_write_text
 from pipeline.report import plots
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from pipeline.report.table import COLUMNS, add_derived, baseline_of, collect, to_csv, to_json
+from pipeline.report.table import COLUMNS, add_derived, baseline_of, collect, write_scaling
 
 METHOD = [
     "samples/s: training samples of all ranks per second of epoch wall time, averaged over every epoch after the "
@@ -35,8 +35,7 @@ def write_report(run_dir: Path) -> Path:
     if not rows:
         raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first")
     add_derived(rows)
-    atomic_write_text(run_dir / "scaling.csv", to_csv(rows))
-    atomic_write_json(run_dir / "scaling.json", to_json(rows))
+    write_scaling(run_dir, rows)
     for name, (draw, _) in plots.FIGURES.items():
         for fmt in ("png", "svg"):
             atomic_write(run_dir / f"{name}.{fmt}", lambda tmp, draw=draw, fmt=fmt: draw(rows, tmp, fmt))

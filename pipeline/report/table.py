@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
+from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.train.timing import PHASES
 
 # (key, short header, meaning): the columns of scaling.csv / scaling.json and of the report's table.
@@ -61,29 +60,26 @@ def add_derived(rows: list[dict]) -> None:
         row["efficiency"] = row["speedup"] / (row["world_size"] / base["world_size"])
         row["baseline"] = base["name"]
         for phase in PHASES:
-            row[phase.replace("_s", "_ms")] = row[f"mean_{phase}"] * 1000
+            row[phase.removesuffix("_s") + "_ms"] = row[f"mean_{phase}"] * 1000
         row["peak_memory_mb"] = row["peak_memory_bytes"] / 2**20
-        # metrics written before wall time was recorded have no cost
-        row["device_hours"] = row["train_wall_s"] * row["world_size"] / 3600 if "train_wall_s" in row else None
+        row["device_hours"] = row["train_wall_s"] * row["world_size"] / 3600
 
 
 def baseline_of(rows: list[dict], row: dict) -> dict:
     return next(r for r in rows if r["name"] == row["baseline"])
 
 
-def to_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([key for key, _, _ in COLUMNS])
-    for row in rows:
-        writer.writerow([_round(row.get(key)) for key, _, _ in COLUMNS])
-    return out.getvalue()
+def table_rows(rows: list[dict]) -> list[dict]:
+    """Each configuration reduced to the documented columns, floats rounded: the rows of scaling.csv/.json."""
+    return [{key: _round(row.get(key)) for key, _, _ in COLUMNS} for row in rows]
 
 
-def to_json(rows: list[dict]) -> dict:
-    """scaling.json: the column meanings, then one object per configuration with the same keys as scaling.csv."""
-    return {"columns": {key: meaning for key, _, meaning in COLUMNS},
-            "configurations": [{key: _round(row.get(key)) for key, _, _ in COLUMNS} for row in rows]}
+def write_scaling(run_dir: Path, rows: list[dict]) -> None:
+    """scaling.csv (one row per configuration) and scaling.json (the column meanings, then the same rows)."""
+    table = table_rows(rows)
+    atomic_write_csv(run_dir / "scaling.csv", table, [key for key, _, _ in COLUMNS])
+    atomic_write_json(run_dir / "scaling.json",
+                      {"columns": {key: meaning for key, _, meaning in COLUMNS}, "configurations": table})
 
 
 def _round(value: object) -> object:

@@ -25,10 +25,9 @@ class AllReduceClock:
     """Seconds the gradient buckets of the current step spent in all-reduce, summed over buckets."""
 
     seconds: float = 0.0
-    buckets: int = 0
 
     def take(self) -> float:
-        seconds, self.seconds, self.buckets = self.seconds, 0.0, 0
+        seconds, self.seconds = self.seconds, 0.0
         return seconds
 
 
@@ -39,7 +38,6 @@ def timed_allreduce_hook(clock: AllReduceClock, bucket: dist.GradBucket) -> torc
 
     def finish(future: torch.futures.Future) -> torch.Tensor:
         clock.seconds += time.perf_counter() - start
-        clock.buckets += 1
         return future.value()[0]
 
     return dist.all_reduce(tensor, async_op=True).get_future().then(finish)

@@ -115,7 +115,7 @@ def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torc
     steady = history[1:] or history  # the first epoch pays one-off costs (allocator, caches)
     steady_epochs = {h["epoch"] for h in steady}
     samples_per_second = sum(h["samples"] for h in steady) / sum(h["epoch_time_s"] for h in steady)
-    peak = torch.tensor(float(peak_memory_bytes(device)), device=device)
+    peak = torch.tensor(peak_memory_bytes(device), dtype=torch.float64, device=device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return {
         "world_size": world, "nodes": world // int(os.environ.get("LOCAL_WORLD_SIZE", world)),
