@@ -30,14 +30,20 @@ class SplitConfig:
     """Fraction of source files in the test split."""
     seed: int = 0
     """Seed of the per-label shuffle that assigns files to splits."""
+    by: Literal["file", "speaker"] = "file"
+    """`file` splits source files; `speaker` keeps every speaker in one split, so test voices are unseen."""
 
 
 @dataclass
 class DataConfig:
-    source: Literal["demo", "folder"] = "folder"
-    """`demo` builds the Fish Fillets speaker dataset into `root` if it is missing; `folder` reads `root` as is."""
+    source: Literal["demo", "spoof", "folder", "csv"] = "folder"
+    """`demo` builds the Fish Fillets speaker dataset into `root` if it is missing, `spoof` the natural vs
+    synthesized speech dataset; `folder` reads `root` as one sub-folder per class; `csv` reads `manifest`."""
     root: str = "data/demo"
-    """Folder with one sub-folder per class, each holding audio files."""
+    """Dataset folder: one sub-folder per class (`folder`, `demo`), or where `spoof` builds its files."""
+    manifest: str | None = None
+    """With `csv`: a CSV with columns path, label and optionally speaker and split (relative paths are
+    relative to the CSV's folder)."""
     sample_rate: int = 16000
     """Every file is resampled to this rate, so a model cannot learn the recording rate instead of the class."""
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -78,16 +84,50 @@ class PreprocessConfig:
 
 @dataclass
 class TrainConfig:
-    model: Literal["cnn"] = "cnn"
-    """Classifier architecture (seed 000's small CNN)."""
+    model: Literal["cnn", "resnet50", "densenet121", "lstm"] = "cnn"
+    """`cnn`: seed 000's small CNN; `resnet50` (seed 001) and `densenet121` (seed 004): torchvision backbones with
+    a 512-dropout-512-dropout head; `lstm`: a recurrent classifier over the frames of a feature."""
+    input: Literal["features", "images"] = "features"
+    """`features` reads the feature shards (the fast path); `images` reads the spectrogram PNGs (the seeds' path)."""
     feature: Literal["logmel", "mfcc"] = "logmel"
-    """Which feature shards the model reads."""
+    """Which feature the model reads when `input` is `features`."""
+    pretrained_weights: str | None = None
+    """Local file with a torchvision state_dict for the `resnet50`/`densenet121` backbone; none trains from scratch
+    (compute nodes usually have no network, so weights are never downloaded)."""
+    freeze: Literal["none", "backbone", "first_k"] = "none"
+    """Backbone layers to freeze: `none`; `backbone` (only the head trains); `first_k` (the first `trainable_blocks`
+    blocks and the head train, the rest is frozen, as seed 001 did)."""
+    trainable_blocks: int = 2
+    """With `freeze: first_k`, how many of the backbone's blocks (counted from the input) stay trainable."""
+    dropout: float = 0.25
+    """Dropout rate of the classifier head."""
     epochs: int = 3
     """Passes over the training split."""
     batch_size: int = 32
-    """Batch size per rank; the global batch is this times the world size."""
+    """Batch size per rank; the global batch is this times the world size times `grad_accumulation`."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate for one rank (before `lr_scaling`)."""
+    lr_scaling: Literal["none", "linear"] = "none"
+    """`linear` multiplies `lr` by the world size times `grad_accumulation` (the linear scaling rule)."""
+    warmup_epochs: float = 0.0
+    """Epochs over which the learning rate ramps up linearly from near zero (use with `lr_scaling: linear`)."""
+    grad_accumulation: int = 1
+    """Micro-batches whose gradients are summed before one optimizer step (and one all-reduce)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16` runs forward and loss under bfloat16 autocast on GPU; CPU ranks always run fp32."""
+    channels_last: bool = True
+    """Use the channels-last memory format for convolutional models (faster convolutions on GPUs)."""
+    loader_workers: int = 0
+    """DataLoader worker processes per rank (persistent); 0 loads in the training process."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimizer steps (0: only at the end of each epoch)."""
+    early_stopping_patience: int = 0
+    """Stop after this many epochs without improvement of `early_stopping_metric` (0: never stop early)."""
+    early_stopping_metric: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"] = \
+        "val_accuracy"
+    """Validation metric watched by early stopping."""
+    backend: Literal["ddp", "horovod"] = "ddp"
+    """`ddp` (torch DistributedDataParallel, the tested path) or `horovod` where it is importable."""
     world_sizes: list[int] = field(default_factory=lambda: [1, 2])
     """Each entry is one configuration: the number of DDP ranks."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -96,6 +136,10 @@ class TrainConfig:
     """CPU threads per rank, so that a CPU rank stands for one fixed unit of compute like a GPU."""
     skip_oversubscribed: bool = True
     """Skip CPU configurations needing more cores than the machine has (they are named in the report)."""
+    max_restarts: int = 0
+    """torchrun restarts of a configuration whose rank died; each restart resumes from the last checkpoint."""
+    requeue: bool = True
+    """Inside a SLURM job, on SIGUSR1 save a checkpoint and `scontrol requeue` the job."""
     seed: int = 0
     """Seed of model init and data order."""
 
@@ -148,6 +192,14 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         "train.lr": train.lr > 0,
         "train.world_sizes": bool(train.world_sizes) and all(n >= 1 for n in train.world_sizes),
         "train.threads_per_rank": train.threads_per_rank >= 1,
+        "train.trainable_blocks": train.trainable_blocks >= 0,
+        "train.dropout": 0 <= train.dropout < 1,
+        "train.warmup_epochs": train.warmup_epochs >= 0,
+        "train.grad_accumulation": train.grad_accumulation >= 1,
+        "train.loader_workers": train.loader_workers >= 0,
+        "train.checkpoint_every_steps": train.checkpoint_every_steps >= 0,
+        "train.early_stopping_patience": train.early_stopping_patience >= 0,
+        "train.max_restarts": train.max_restarts >= 0,
     }
     for key, ok in problems.items():
         if not ok:
