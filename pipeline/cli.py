@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, ExperimentConfig, load_config, save_config
+from pipeline.train.interrupt import TrainingInterrupted
+
+EXIT_INTERRUPTED = 75
+"""EX_TEMPFAIL: a stage stopped by a signal after checkpointing; running the same command again resumes it."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
+    except TrainingInterrupted as err:
+        print(f"pipeline {args.command}: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"pipeline {args.command}: error: {err}", file=sys.stderr)
         return 2

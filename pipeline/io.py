@@ -20,6 +20,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes files private to their owner; outputs are for the whole group to read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

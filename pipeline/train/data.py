@@ -1,4 +1,10 @@
-"""Reading one split of the feature shards into memory, normalised with the training statistics."""
+"""What the trainer reads: the feature shards (fast path: loaded once into memory) or the spectrogram images.
+
+Feature shards are float16 `.npy` arrays memory-mapped and gathered split by split, then normalised with the
+training statistics computed during preprocessing. Images are the PNGs the preprocessing wrote, decoded per sample
+(that decoding is what loader workers are for) and normalised with ImageNet's mean and std, which is what the
+pretrained torchvision backbones expect.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +15,84 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import Dataset, TensorDataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_labels(run_dir: Path) -> list[str]:
+    return json.loads((Path(run_dir) / "features" / "labels.json").read_text())
+
+
+def split_rows(run_dir: Path, split: str) -> list[dict]:
+    """index.csv rows of one split, in index order."""
+    index = Path(run_dir) / "features" / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
+    with open(index, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["split"] == split]
+    if not rows:
+        raise ValueError(f"{index}: the {split!r} split has no chunks")
+    return rows
+
+
+def normalise(x: torch.Tensor, stats: dict) -> torch.Tensor:
+    """[n, bins, frames] -> [n, 1, bins, frames], standardised per bin with the training split's statistics."""
+    mean = torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1)
+    std = torch.tensor(stats["std"], dtype=torch.float32).view(1, -1, 1)
+    return ((x - mean) / std).unsqueeze(1).contiguous()
 
 
 def load_split(run_dir: Path, feature: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """([n, 1, bins, frames] float32 features, [n] int64 labels, label names) of one split, in index order."""
     features_dir = Path(run_dir) / "features"
-    labels = json.loads((features_dir / "labels.json").read_text())
+    labels = read_labels(run_dir)
     stats = json.loads((features_dir / "stats.json").read_text())
     if feature not in stats:
         raise ValueError(f"{features_dir}: no training statistics for feature {feature!r}")
     rows_by_shard: dict[str, list[int]] = defaultdict(list)
     targets_by_shard: dict[str, list[int]] = defaultdict(list)
-    with open(features_dir / "index.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == split:
-                rows_by_shard[row["shard"]].append(int(row["row"]))
-                targets_by_shard[row["shard"]].append(labels.index(row["label"]))
+    for row in split_rows(run_dir, split):
+        rows_by_shard[row["shard"]].append(int(row["row"]))
+        targets_by_shard[row["shard"]].append(labels.index(row["label"]))
     targets = [t for shard in rows_by_shard for t in targets_by_shard[shard]]
     parts = [np.load(features_dir / shard / f"{feature}.npy", mmap_mode="r")[rows]
              for shard, rows in rows_by_shard.items()]
-    if not parts:
-        raise ValueError(f"{features_dir}: the {split!r} split has no chunks")
     x = torch.from_numpy(np.concatenate(parts).astype(np.float32))
-    mean = torch.tensor(stats[feature]["mean"], dtype=torch.float32).view(1, -1, 1)
-    std = torch.tensor(stats[feature]["std"], dtype=torch.float32).view(1, -1, 1)
-    x = ((x - mean) / std).unsqueeze(1).contiguous()
-    return x, torch.tensor(targets, dtype=torch.int64), labels
+    return normalise(x, stats[feature]), torch.tensor(targets, dtype=torch.int64), labels
+
+
+class SpectrogramImages(Dataset):
+    """The per-chunk PNGs of one split as [3, H, W] float tensors."""
+
+    def __init__(self, run_dir: Path, split: str) -> None:
+        labels = read_labels(run_dir)
+        rows = split_rows(run_dir, split)
+        missing = [r for r in rows if not r["image"]]
+        if missing:
+            raise ValueError(f"{Path(run_dir) / 'features' / 'index.csv'}: chunks without images (preprocess "
+                             f"with `preprocess.images: true` to train on images), e.g. {missing[0]['path']}")
+        self.paths = [Path(run_dir) / r["image"] for r in rows]
+        self.targets = torch.tensor([labels.index(r["label"]) for r in rows], dtype=torch.int64)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(self.paths[i]) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        x = torch.from_numpy(pixels).permute(2, 0, 1)
+        return (x - self.mean) / self.std, self.targets[i]
+
+
+def build_dataset(run_dir: Path, input_kind: str, feature: str, split: str) -> tuple[Dataset, torch.Tensor, int]:
+    """(dataset, its targets, input channels) of one split for `train.input`."""
+    if input_kind == "images":
+        images = SpectrogramImages(run_dir, split)
+        return images, images.targets, 3
+    x, y, _ = load_split(run_dir, feature, split)
+    return TensorDataset(x, y), y, 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ import torch
 from pipeline.config import ExperimentConfig
 from pipeline.io import atomic_write_json
 from pipeline.train.environment import available_cores
+from pipeline.train.interrupt import TrainingInterrupted
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ def plan(config: ExperimentConfig) -> list[TrainingRun]:
 
 
 def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) -> list[Path]:
-    """Run each configuration that has no metrics.json yet; returns their folders."""
+    """Run each configuration that has no metrics.json yet, resuming from its checkpoint if it has one; returns
+    their folders. `force` retrains from scratch."""
     index = Path(config.run_dir) / "features" / "index.csv"
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
@@ -62,6 +66,8 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) 
                                                      "batch_size_per_rank": run.batch_size, "reason": reason})
             continue
         (out / "skipped.json").unlink(missing_ok=True)
+        if force:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
         launch(run, config, config_path, out)
     return folders
 
@@ -69,12 +75,18 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) 
 def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.world_size}",
-               "-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out),
-               "--device", run.device]
+               f"--max-restarts={config.train.max_restarts}", "-m", "pipeline.train.worker",
+               "--config", str(config_path), "--out", str(out), "--device", run.device, "--resume"]
     env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank)}
     print(f"train: {run.name}: {' '.join(command)}", flush=True)
     with open(out / "train.log", "w") as log:
         result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    interrupted = out / "interrupted.json"
+    if interrupted.exists() and not (out / "metrics.json").exists():
+        facts = json.loads(interrupted.read_text())
+        raise TrainingInterrupted(f"train: {run.name} stopped by {facts['signal']} in epoch {facts['epoch']} after "
+                                  f"{facts['batches_done']} batches; checkpoint {facts['checkpoint']}. Run the same "
+                                  "command again to resume.")
     if result.returncode != 0 or not (out / "metrics.json").exists():
         tail = (out / "train.log").read_text()[-3000:]
         raise RuntimeError(f"train: {run.name} failed (exit {result.returncode}); log {out / 'train.log'}:\n{tail}")

@@ -43,6 +43,27 @@ def timed_allreduce_hook(clock: AllReduceClock, bucket: dist.GradBucket) -> torc
     return dist.all_reduce(tensor, async_op=True).get_future().then(finish)
 
 
+class PhaseClock:
+    """Timestamps between phases of a step: CUDA events on a GPU (device time, including the GPU idling while it
+    waits for data), `perf_counter` on CPU. Read after the step, when the GPU has caught up."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> object:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start: object, end: object) -> float:
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+
+
 @dataclass
 class StepTimes:
     """Per-step phase durations in seconds, one list entry per step, in the order of `PHASES`."""

@@ -1,6 +1,8 @@
-"""One DDP rank of one training configuration; started by torchrun (`python -m pipeline.train.worker`).
+"""One DDP rank of one training configuration: `python -m pipeline.train.worker`, under torchrun or srun.
 
-Rank, world size and the rendezvous come from the environment torchrun sets. Rank 0 writes metrics.json.
+Rank 0 writes the configuration's outputs: metrics.json, steps.csv, the test confusion matrix, model.pt (the
+final weights, for `pipeline evaluate` and `pipeline predict`) and TensorBoard logs. A run stopped by a signal
+writes only its checkpoint; the next run with --resume continues from it.
 """
 
 from __future__ import annotations
@@ -8,28 +10,25 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from pipeline.config import TrainConfig, load_config
-from pipeline.io import atomic_write_json
-from pipeline.train.data import load_split
+from pipeline.config import ExperimentConfig, load_config, to_dict
+from pipeline.io import atomic_write, atomic_write_json
+from pipeline.train import distributed
+from pipeline.train.data import build_dataset, read_labels
 from pipeline.train.environment import describe_environment
-from pipeline.train.model import build_model
-from pipeline.train.timing import (
-    PHASES,
-    AllReduceClock,
-    StepTimes,
-    peak_memory_bytes,
-    timed_allreduce_hook,
-    write_step_times,
-)
+from pipeline.train.evaluation import evaluate
+from pipeline.train.metrics import write_confusion
+from pipeline.train.preemption import StopFlag, requeue_slurm_job
+from pipeline.train.timing import PHASES, peak_memory_bytes, write_step_times
+from pipeline.train.trainer import Outcome, train
+
+INTERRUPTED = "interrupted.json"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,23 +36,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="resolved experiment YAML")
     parser.add_argument("--out", required=True, help="folder of this configuration")
     parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
     args = parser.parse_args(argv)
+    stop = StopFlag()
+    stop.install()  # before anything slow, so an early signal is not fatal
     experiment = load_config(args.config)
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     config = experiment.train
+    distributed.require_backend(config.backend)
+    env = distributed.from_environment()
+    distributed.export_rendezvous(env)
     if args.device == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(env.local_rank)
+        device = torch.device("cuda", env.local_rank)
     else:
         torch.set_num_threads(config.threads_per_rank)
         device = torch.device("cpu")
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    out = Path(args.out)
+    started = time.perf_counter()
+    if env.rank == 0:
+        # Every rank installed its signal handlers before joining the group, so from here a signal is safe.
+        print(f"rank 0 (pid {os.getpid()}): {env.world_size} ranks joined via {env.launcher}", flush=True)
+        (out / INTERRUPTED).unlink(missing_ok=True)
     try:
-        metrics = train(experiment.run_dir, config, rank, world, device)
-        if rank == 0:
-            write_step_times(Path(args.out) / "steps.csv", metrics.pop("step_times"))
-            metrics.update(describe_environment(device, config.threads_per_rank, world))
-            atomic_write_json(Path(args.out) / "metrics.json", metrics)
+        tensorboard = _tensorboard(out) if env.rank == 0 else None
+        log = print if env.rank == 0 else (lambda *a, **k: None)
+        outcome = train(Path(experiment.run_dir), out, config, device, args.resume, stop,
+                        log=lambda text: log(text, flush=True), tensorboard=tensorboard)
+        if outcome.stop_signal is not None:
+            if env.rank == 0:
+                _record_interruption(out, outcome, config.requeue)
+            return
+        _finish(experiment, outcome, out, device, env, time.perf_counter() - started)
+        if tensorboard is not None:
+            tensorboard.close()
     finally:
         # DDP's reducer keeps the process group alive through reference cycles. If it survives until interpreter
         # shutdown, a gloo thread can reach for the GIL mid-finalisation and abort the rank ("terminate called
@@ -64,92 +80,95 @@ def main(argv: list[str] | None = None) -> None:
         gc.collect()
 
 
-def train(run_dir: str, config: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
-    """Train with DDP, evaluate on val after each epoch and on test at the end; returns rank 0's metrics."""
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    x_train, y_train, labels = load_split(Path(run_dir), config.feature, "train")
-    splits = {name: load_split(Path(run_dir), config.feature, name)[:2] for name in ("val", "test")}
-    model = build_model(config.model, len(labels)).to(device)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(ddp.parameters(), lr=config.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    sampler = DistributedSampler(TensorDataset(x_train, y_train), num_replicas=world, rank=rank,
-                                 shuffle=True, seed=config.seed, drop_last=True)
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=config.batch_size, sampler=sampler,
-                        drop_last=True, num_workers=0, pin_memory=device.type == "cuda")
-    clock = AllReduceClock()
-    ddp.register_comm_hook(clock, timed_allreduce_hook)
-    history, steps = [], StepTimes()
-    for epoch in range(1, config.epochs + 1):
-        sampler.set_epoch(epoch)
-        ddp.train()
-        _synchronize(device)
-        epoch_start = tick = time.perf_counter()
-        loss_sum = torch.zeros(2, device=device)
-        for xb, yb in loader:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            got_batch = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(ddp(xb), yb)
-            loss.backward()
-            _synchronize(device)
-            backward_done = time.perf_counter()
-            optimizer.step()
-            loss_sum += torch.stack([loss.detach() * len(yb), torch.tensor(len(yb), device=device)])
-            _synchronize(device)
-            now = time.perf_counter()
-            steps.add(epoch, data_s=got_batch - tick, forward_backward_s=backward_done - got_batch,
-                      optimizer_s=now - backward_done, allreduce_s=clock.take(), step_s=now - tick)
-            tick = now
-        epoch_time = time.perf_counter() - epoch_start
-        dist.all_reduce(loss_sum)
-        val_accuracy = evaluate(model, *splits["val"], rank, world, device, config.batch_size)
-        history.append({"epoch": epoch, "train_loss": (loss_sum[0] / loss_sum[1]).item(),
-                        "val_accuracy": val_accuracy, "epoch_time_s": epoch_time,
-                        "samples": int(loss_sum[1].item())})
-        if rank == 0:
-            print(f"epoch {epoch}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
-                  f"val acc {val_accuracy:.3f} ({epoch_time:.1f} s)", flush=True)
-    test_accuracy = evaluate(model, *splits["test"], rank, world, device, config.batch_size)
-    steady = history[1:] or history  # the first epoch pays one-off costs (allocator, caches)
-    steady_epochs = {h["epoch"] for h in steady}
-    samples_per_second = sum(h["samples"] for h in steady) / sum(h["epoch_time_s"] for h in steady)
+def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: torch.device,
+            env: distributed.DistributedEnv, wall_s: float) -> None:
+    """Test-set evaluation on all ranks; rank 0 writes the outputs."""
+    config, progress = experiment.train, outcome.progress
+    run_dir = Path(experiment.run_dir)
+    labels = read_labels(run_dir)
+    test_set, _, _ = build_dataset(run_dir, config.input, config.feature, "test")
+    test = evaluate(outcome.model, test_set, labels, device, config.batch_size, config.loader_workers,
+                    outcome.details["channels_last"], outcome.details["precision"] == "bf16")
+    divergence = _ranks_in_sync(outcome.model)
     peak = torch.tensor(peak_memory_bytes(device), dtype=torch.float64, device=device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    return {
-        "world_size": world, "nodes": world // int(os.environ.get("LOCAL_WORLD_SIZE", world)),
-        "device": device.type, "precision": "fp32", "model": config.model, "feature": config.feature,
-        "batch_size_per_rank": config.batch_size, "global_batch_size": config.batch_size * world,
-        "epochs": config.epochs, "lr": config.lr, "train_samples": len(y_train), "steps_per_epoch": len(loader),
+    if env.rank != 0:
+        return
+    history = progress.history
+    steady = history[1:] or history  # the first epoch pays one-off costs (allocator, caches)
+    steady = [h for h in steady if not h["resumed_mid_epoch"]] or steady
+    steady_epochs = {h["epoch"] for h in steady}
+    samples_per_second = sum(h["samples"] for h in steady) / sum(h["epoch_time_s"] for h in steady)
+    world = env.world_size
+    write_step_times(out / "steps.csv", progress.step_times)
+    write_confusion(out / "confusion_test", test["confusion"], labels, f"test, {out.name}")
+    model_state = {"model": outcome.model.state_dict(), "labels": labels, "train": to_dict(config),
+                   "in_channels": outcome.details["in_channels"], "n_bins": outcome.details["n_bins"]}
+    atomic_write(out / "model.pt", lambda tmp: torch.save(model_state, tmp))
+    steps_mean = {f"mean_{phase}": _mean(progress.step_times, phase, steady_epochs) for phase in PHASES}
+    metrics = {
+        "world_size": world, "nodes": env.nodes, "device": device.type, "precision": outcome.details["precision"],
+        "model": config.model, "input": config.input, "feature": config.feature, "init": outcome.details["init"],
+        "batch_size_per_rank": config.batch_size, "grad_accumulation": config.grad_accumulation,
+        "global_batch_size": config.batch_size * world * config.grad_accumulation,
+        "epochs": config.epochs, "epochs_run": len(history), "stopped_early": progress.stopped_early,
+        "lr": config.lr, "lr_effective": outcome.details["lr_effective"],
+        "warmup_steps": outcome.details["warmup_steps"], "train_samples": outcome.details["train_samples"],
+        "steps_per_epoch": outcome.details["steps_per_epoch"],
         "samples_per_second": samples_per_second, "samples_per_second_per_rank": samples_per_second / world,
-        **{f"mean_{phase}": steps.mean(phase, steady_epochs) for phase in PHASES},
-        "peak_memory_bytes": int(peak.item()),
+        **steps_mean, "peak_memory_bytes": int(peak.item()),
         "epoch_time_s": sum(h["epoch_time_s"] for h in steady) / len(steady),
-        "final_val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_accuracy,
-        "train_wall_s": time.perf_counter() - started, "labels": labels, "history": history, "step_times": steps.rows,
+        "final_val_accuracy": history[-1]["val_accuracy"], "final_val_loss": history[-1]["val_loss"],
+        "test_accuracy": test["accuracy"], "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_macro_f1": test["macro_f1"], "test_eer": test["eer"], "test_loss": test["loss"],
+        "test_confusion": test["confusion"], "test_per_class": test["per_class"],
+        "resumed_from": outcome.details["resumed_from"], "rank_max_param_difference": divergence,
+        "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        "train_wall_s": wall_s, "labels": labels, "history": history,
     }
+    metrics.update(describe_environment(device, config.threads_per_rank, world))
+    metrics["launcher"] = env.launcher
+    atomic_write_json(out / "metrics.json", metrics)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, device: torch.device,
-             batch_size: int) -> float:
-    """Accuracy over the whole split: each rank scores every world-th sample and the counts are summed."""
-    model.eval()
-    counts = torch.zeros(2, device=device)
-    mine = torch.arange(rank, len(y), world)
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        predictions = model(x[idx].to(device)).argmax(dim=1)
-        counts += torch.stack([(predictions == y[idx].to(device)).sum().float(),
-                               torch.tensor(float(len(idx)), device=device)])
-    dist.all_reduce(counts)
-    return (counts[0] / counts[1]).item()
+def _record_interruption(out: Path, outcome: Outcome, requeue: bool) -> None:
+    """Say why there are no metrics (the launcher reports it), and requeue the SLURM job on SIGUSR1."""
+    note = None
+    if outcome.stop_signal == StopFlag.REQUEUE_SIGNAL and requeue:
+        note = requeue_slurm_job()
+        if note:
+            print(note, flush=True)
+    progress = outcome.progress
+    atomic_write_json(out / INTERRUPTED, {
+        "signal": signal.Signals(outcome.stop_signal).name, "epoch": progress.epoch,
+        "batches_done": progress.batches_done, "optimizer_steps": progress.optimizer_steps,
+        "checkpoint": str(out / "checkpoints" / "last.pt"), "requeue": note})
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _ranks_in_sync(model: torch.nn.Module) -> float:
+    """Largest difference between any rank's parameters and rank 0's: DDP promises exactly 0.
+
+    Buffers (BatchNorm running statistics) are left out: each rank updates them from its own batches, and DDP
+    overwrites them with rank 0's at the start of every forward pass.
+    """
+    worst = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    for tensor in model.parameters():
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        worst = torch.maximum(worst, (tensor.detach().double() - reference.double()).abs().max())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst.item())
+
+
+def _mean(rows: list[dict], phase: str, epochs: set[int]) -> float:
+    values = [r[phase] for r in rows if r["epoch"] in epochs]
+    return sum(values) / len(values) if values else 0.0
+
+
+def _tensorboard(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""Who this process is in the job: rank, local rank and world size from torchrun or from srun.
+
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT itself. Under `srun` (one task per GPU,
+no torchrun) the same facts come from SLURM's variables, and the master is the first host of the allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    rank: int
+    """Global rank of this process."""
+    local_rank: int
+    """Rank on this node; selects the GPU."""
+    world_size: int
+    """Number of ranks in the job."""
+    local_world_size: int
+    """Ranks on this node; world_size // local_world_size is the node count."""
+    launcher: str
+    """`torchrun` or `srun`, recorded with every measurement."""
+    master_addr: str = "127.0.0.1"
+    master_port: int = DEFAULT_MASTER_PORT
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+
+def from_environment(env: Mapping[str, str] | None = None) -> DistributedEnv:
+    """Read torchrun's variables when present, else SLURM's (srun), else a single process."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return DistributedEnv(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), world,
+                              int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun",
+                              env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodes = int(env.get("SLURM_NNODES", 1))
+        world = int(env["SLURM_NTASKS"])
+        return DistributedEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world,
+                              world // nodes, "srun", first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+                              int(env.get("MASTER_PORT", master_port_for(env.get("SLURM_JOB_ID", "")))))
+    return DistributedEnv(0, 0, 1, 1, "single process")
+
+
+def master_port_for(job_id: str) -> int:
+    """A port derived from the job id, so two jobs sharing a node do not collide on the default port."""
+    return 20000 + int(job_id) % 20000 if job_id.isdigit() else DEFAULT_MASTER_PORT
+
+
+def first_host(nodelist: str) -> str:
+    """First hostname of a SLURM node list such as `gpu[03-05,07],cpu1`; scontrol expands it when available."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True, timeout=30).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    first = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not first:
+        return nodelist
+    prefix, ranges = first.groups()
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def export_rendezvous(dist_env: DistributedEnv) -> None:
+    """Set the variables torch.distributed's env:// rendezvous reads (torchrun has already set them)."""
+    os.environ.setdefault("MASTER_ADDR", dist_env.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(dist_env.master_port))
+    os.environ.setdefault("RANK", str(dist_env.rank))
+    os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
+
+
+def require_backend(backend: str) -> None:
+    """DDP is always available; Horovod only where it was built, which torch >= 2.1 rules out."""
+    if backend == "ddp":
+        return
+    try:
+        import horovod.torch  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            "train.backend: 'horovod' is not importable here (its last release, 0.28.1, does not build against "
+            "torch >= 2.1, which this project pins); use backend: ddp") from err
+    raise RuntimeError("train.backend: 'horovod' is importable, but this version of the pipeline trains with DDP "
+                       "only; use backend: ddp")

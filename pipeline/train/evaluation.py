@@ -1,0 +1,49 @@
+"""Scoring a split with every rank: each scores every world-th sample, then all ranks see all scores.
+
+All ranks get the same numbers, so decisions taken from them (early stopping) are the same on every rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from pipeline.train.metrics import classification_metrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, labels: list[str], device: torch.device, batch_size: int,
+             loader_workers: int = 0, channels_last: bool = False, autocast: bool = False) -> dict:
+    """Metrics of `model` on `dataset` (loss, accuracy, balanced accuracy, macro F1, EER, confusion)."""
+    was_training = model.training
+    model.eval()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = list(range(rank, len(dataset), world))
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=loader_workers,
+                        pin_memory=device.type == "cuda")
+    scores, targets, losses = [], [], []
+    for xb, yb in loader:
+        xb = xb.to(device, non_blocking=True)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(xb)
+        logits = logits.float().cpu()
+        losses.append(F.cross_entropy(logits, yb, reduction="none").numpy())
+        scores.append(torch.softmax(logits, dim=1).numpy())
+        targets.append(yb.numpy())
+    part = (np.array(mine), *(np.concatenate(p) if p else np.empty(0) for p in (scores, targets, losses)))
+    parts = [part]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, part)
+    order = np.argsort(np.concatenate([p[0] for p in parts]))
+    all_scores = np.concatenate([p[1].reshape(-1, len(labels)) for p in parts])[order]
+    all_targets = np.concatenate([p[2] for p in parts]).astype(np.int64)[order]
+    all_losses = np.concatenate([p[3] for p in parts])[order]
+    model.train(was_training)
+    return {"loss": float(all_losses.mean()), **classification_metrics(all_targets, all_scores, labels)}
