@@ -137,7 +137,7 @@ class TrainConfig:
     skip_oversubscribed: bool = True
     """Skip CPU configurations needing more cores than the machine has (they are named in the report)."""
     max_restarts: int = 0
-    """torchrun restarts of a configuration whose rank died; each restart resumes from the last checkpoint."""
+    """Restarts of a configuration whose rank died; each restart resumes from the last checkpoint."""
     requeue: bool = True
     """Inside a SLURM job, on SIGUSR1 save a checkpoint and `scontrol requeue` the job."""
     seed: int = 0

@@ -14,8 +14,12 @@ import torch
 
 from pipeline.config import ExperimentConfig
 from pipeline.io import atomic_write_json
+from pipeline.train.distributed import require_backend
 from pipeline.train.environment import available_cores
 from pipeline.train.interrupt import TrainingInterrupted
+
+RESTARTS_VARIABLE = "PIPELINE_RESTARTS"
+"""How many times the launcher restarted this configuration; recorded in metrics.json."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) 
     index = Path(config.run_dir) / "features" / "index.csv"
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
+    require_backend(config.train.backend)
     folders = []
     for run in plan(config):
         out = Path(config.run_dir) / "configs" / run.name
@@ -73,20 +78,33 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) 
 
 
 def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path) -> None:
+    """torchrun one configuration; if a rank dies, start a fresh torchrun that resumes from the last checkpoint.
+
+    Restarts are done here rather than by torchrun's --max-restarts, which reuses its rendezvous store: in torch 2.11
+    a restarted gloo group can read the dead rank's old address from it and fail to connect (pytorch#167288).
+    """
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.world_size}",
-               f"--max-restarts={config.train.max_restarts}", "-m", "pipeline.train.worker",
-               "--config", str(config_path), "--out", str(out), "--device", run.device, "--resume"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank)}
+               "-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out),
+               "--device", run.device, "--resume"]
     print(f"train: {run.name}: {' '.join(command)}", flush=True)
-    with open(out / "train.log", "w") as log:
-        result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    interrupted = out / "interrupted.json"
-    if interrupted.exists() and not (out / "metrics.json").exists():
-        facts = json.loads(interrupted.read_text())
-        raise TrainingInterrupted(f"train: {run.name} stopped by {facts['signal']} in epoch {facts['epoch']} after "
-                                  f"{facts['batches_done']} batches; checkpoint {facts['checkpoint']}. Run the same "
-                                  "command again to resume.")
-    if result.returncode != 0 or not (out / "metrics.json").exists():
-        tail = (out / "train.log").read_text()[-3000:]
-        raise RuntimeError(f"train: {run.name} failed (exit {result.returncode}); log {out / 'train.log'}:\n{tail}")
+    for attempt in range(config.train.max_restarts + 1):
+        env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank), RESTARTS_VARIABLE: str(attempt)}
+        with open(out / "train.log", "a") as log:
+            log.write(f"--- {run.name}, attempt {attempt + 1} of {config.train.max_restarts + 1}\n")
+            log.flush()
+            result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        interrupted = out / "interrupted.json"
+        if interrupted.exists() and not (out / "metrics.json").exists():
+            facts = json.loads(interrupted.read_text())
+            raise TrainingInterrupted(
+                f"train: {run.name} stopped by {facts['signal']} in epoch {facts['epoch']} after "
+                f"{facts['batches_done']} batches; checkpoint {facts['checkpoint']}. Run the same command again "
+                "to resume.")
+        if result.returncode == 0 and (out / "metrics.json").exists():
+            return
+        if attempt < config.train.max_restarts:
+            print(f"train: {run.name} failed (exit {result.returncode}); restarting from its last checkpoint",
+                  flush=True)
+    tail = (out / "train.log").read_text()[-3000:]
+    raise RuntimeError(f"train: {run.name} failed (exit {result.returncode}); log {out / 'train.log'}:\n{tail}")

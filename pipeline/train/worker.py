@@ -123,7 +123,7 @@ def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: t
         "test_macro_f1": test["macro_f1"], "test_eer": test["eer"], "test_loss": test["loss"],
         "test_confusion": test["confusion"], "test_per_class": test["per_class"],
         "resumed_from": outcome.details["resumed_from"], "rank_max_param_difference": divergence,
-        "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        "restarts": int(os.environ.get("PIPELINE_RESTARTS", 0)),
         "train_wall_s": wall_s, "labels": labels, "history": history,
     }
     metrics.update(describe_environment(device, config.threads_per_rank, world))
