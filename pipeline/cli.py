@@ -44,7 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-files-per-speaker", type=int, default=None, help="keep only the first N files")
     demo.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     demo.set_defaults(handler=_data_demo)
-    manifest = data_commands.add_parser("manifest", help="write RUN_DIR/manifest.csv with the split by source file")
+    spoof = data_commands.add_parser("spoof", help="build the natural vs synthetic speech dataset: Fish Fillets "
+                                     "recordings against espeak-ng, flite and festival voices (Debian packages)")
+    spoof.add_argument("out_dir", type=Path, help="dataset folder to write (nothing is done if it is complete)")
+    spoof.add_argument("--sample-rate", type=int, default=16000, help="output sample rate (default 16000)")
+    spoof.add_argument("--files-per-speaker", type=int, default=250,
+                       help="recordings per natural speaker (4 speakers; default 250)")
+    spoof.add_argument("--sentences-per-voice", type=int, default=48,
+                       help="dialogue lines per synthetic voice (21 voices; default 48)")
+    spoof.add_argument("--seed", type=int, default=0, help="seed of the choice of recordings and lines")
+    spoof.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
+    spoof.set_defaults(handler=_data_spoof)
+    manifest = data_commands.add_parser("manifest", help="write RUN_DIR/manifest.csv with the split by "
+                                        "source file or speaker")
     _add_config_arguments(manifest)
     manifest.set_defaults(handler=_stage("data_stage"))
 
@@ -56,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "run"):
             sub.add_argument("--force", action="store_true", help="retrain configurations that have metrics")
         sub.set_defaults(handler=_stage(f"{name}_stage" if name != "run" else "run_all"))
+
+    evaluate = commands.add_parser("evaluate", help="score trained configurations on the test split")
+    _add_config_arguments(evaluate)
+    evaluate.add_argument("--configuration", help="one configuration, e.g. ws2-cpu-bs32 (default: all trained)")
+    evaluate.set_defaults(handler=_evaluate)
+    predict = commands.add_parser("predict", help="classify audio files: chunk, score each chunk, average per file")
+    _add_config_arguments(predict)
+    predict.add_argument("files", type=Path, nargs="+", help="audio files (wav, flac, ogg, mp3)")
+    predict.add_argument("--configuration", help="trained configuration to use (default: the first by name)")
+    predict.add_argument("--out", type=Path, help="also write the predictions to this CSV")
+    predict.set_defaults(handler=_predict)
 
     report = commands.add_parser("report", help="write report.md, scaling.csv and speedup.png of a run folder")
     report.add_argument("run_dir", type=Path, help="run folder (run_dir of the experiment)")
@@ -87,11 +110,63 @@ def _stage(function: str):
     return handler
 
 
+def _trained_run(args: argparse.Namespace) -> ExperimentConfig:
+    """The config the run was trained with (RUN_DIR/config.yaml), found through the experiment's run_dir."""
+    config = load_config(args.config, args.overrides)
+    resolved = _stages().resolved_config_path(config)
+    return load_config(resolved) if resolved.is_file() else config
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from pipeline.train import inference
+
+    config = _trained_run(args)
+    folders = [inference.choose(config, args.configuration)] if args.configuration else \
+        inference.trained_configurations(config)
+    if not folders:
+        inference.choose(config, None)  # raises the "train first" error
+    for folder in folders:
+        result = inference.evaluate_configuration(config, folder)
+        eer = f", EER {result['eer']:.3f}" if result["eer"] is not None else ""
+        print(f"evaluate: {folder.name}: test accuracy {result['accuracy']:.3f}, balanced "
+              f"{result['balanced_accuracy']:.3f}, macro F1 {result['macro_f1']:.3f}{eer} over {result['n']} chunks "
+              f"-> {folder / 'evaluation_test.json'}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import csv
+
+    from pipeline.io import atomic_write_csv
+    from pipeline.train import inference
+
+    config = _trained_run(args)
+    folder = inference.choose(config, args.configuration)
+    rows = inference.predict_files(config, folder, args.files)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    print(f"predict: model {folder}", file=sys.stderr)
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.out:
+        atomic_write_csv(args.out, rows, columns)
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(rows)} files could not be classified, e.g. {failed[0]['error']}")
+
+
 def _data_demo(args: argparse.Namespace) -> None:
     from pipeline.data.demo import build_demo
 
     out = build_demo(args.out_dir, args.sample_rate, args.max_files_per_speaker, args.workers)
     print(f"data demo: dataset in {out} (sources and skipped files in {out / 'SOURCES.csv'})")
+
+
+def _data_spoof(args: argparse.Namespace) -> None:
+    from pipeline.data.spoof import build_spoof
+
+    out = build_spoof(args.out_dir, args.sample_rate, args.files_per_speaker, args.sentences_per_voice,
+                      args.workers, args.seed)
+    print(f"data spoof: dataset in {out} (files, sources, texts and skipped lines in {out / 'SOURCES.csv'})")
 
 
 if __name__ == "__main__":

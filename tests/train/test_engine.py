@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,34 +16,10 @@ import torch
 import yaml
 
 from pipeline.cli import EXIT_INTERRUPTED
-from pipeline.config import TrainConfig, load_config
-from pipeline.preprocess.run import preprocess
-from pipeline.stages import data_stage
+from pipeline.config import TrainConfig
 from pipeline.train.checkpoint import Progress
 from pipeline.train.trainer import _track_early_stopping
-from tests.conftest import tiny_experiment
-
-
-@pytest.fixture(scope="module")
-def features(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Path:
-    """A run folder with preprocessed features (1 s chunks, 32 mel bands, 32 px images), made once."""
-    base = tmp_path_factory.mktemp("engine")
-    config = load_config(tiny_experiment(base, speech_dir))
-    data_stage(config)
-    preprocess(config)
-    return Path(config.run_dir)
-
-
-def experiment(tmp_path: Path, features: Path, **train: object) -> Path:
-    """A config whose run folder is a private copy of the prepared features."""
-    run_dir = tmp_path / "run"
-    if not run_dir.exists():
-        shutil.copytree(features, run_dir, ignore=shutil.ignore_patterns("configs"))
-    config = {"name": "engine", "run_dir": str(run_dir), "data": {"root": str(features)},
-              "train": {"epochs": 2, "batch_size": 4, "world_sizes": [2], "seed": 3, **train}}
-    path = tmp_path / "engine.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from tests.train.conftest import experiment
 
 
 def pipeline(*args: str) -> subprocess.CompletedProcess:
