@@ -58,6 +58,9 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict]) -> list[Block]:
                            Table([header for _, header, _ in COLUMNS],
                                  [[_cell(row.get(key)) for key, _, _ in COLUMNS] for row in rows])]
     blocks += [Figure(f"{name}.png", caption) for name, (_, caption) in plots.FIGURES.items()]
+    blocks += [Heading("Test confusion matrices")]
+    blocks += [Figure(f"configs/{row['name']}/confusion_test.png", f"{row['name']}: rows are the true class")
+               for row in rows if (run_dir / "configs" / row["name"] / "confusion_test.png").exists()]
     blocks += [Heading("How this was measured"), Bullets(METHOD)]
     blocks += [Heading("Read this before quoting the numbers"), Bullets(honesty_notes(rows, skipped))]
     blocks += _preprocess_section(run_dir)

@@ -9,7 +9,8 @@ from pipeline.report.report import write_report
 
 def metrics(world_size: int, samples_per_second: float, step_s: float, allreduce_s: float, **extra) -> dict:
     return {
-        "world_size": world_size, "device": "cpu", "model": "cnn", "feature": "logmel",
+        "world_size": world_size, "device": "cpu", "model": "cnn", "feature": "logmel", "input": "features",
+        "init": "from scratch (no pretrained_weights)",
         "batch_size_per_rank": 32, "global_batch_size": 32 * world_size, "epochs": 2,
         "samples_per_second": samples_per_second, "mean_step_s": step_s, "mean_data_s": 0.001,
         "mean_forward_backward_s": step_s - 0.011, "mean_optimizer_s": 0.01, "mean_allreduce_s": allreduce_s,
@@ -39,7 +40,8 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
     assert float(rows["ws2-cpu-bs32"]["speedup"]) == 1.5
     assert float(rows["ws2-cpu-bs32"]["efficiency"]) == 0.75
     assert float(rows["ws4-cpu-bs32"]["efficiency"]) == 0.4
-    assert "| ws2-cpu-bs32 | cnn | 1 | 2 | cpu | fp32 | 32 | 64 |" in report
+    assert "| ws2-cpu-bs32 | cnn | features | from scratch (no pretrained_weights) | 1 | 2 | cpu | fp32 | 32 | 64 |" \
+        in report
     assert float(rows["ws4-cpu-bs32"]["device_hours"]) == 0.4  # 360 s x 4 ranks
     assert "ws4-cpu-bs32 oversubscribes the CPU: 4 ranks x 1 threads on 2 cores" in report
     assert ("ws2-cpu-bs32 reaches 75% efficiency. Its step takes 420.0 ms against 320.0 ms for ws1-cpu-bs32: "
