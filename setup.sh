@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Real speech for the demo and the tests (Fish Fillets voice actors), ffmpeg for formats libsndfile lacks.
-APT_PACKAGES="fillets-ng-data-cs fillets-ng-data-nl ffmpeg"
+# Real speech for the demo and the tests (Fish Fillets voice actors), ffmpeg for formats libsndfile lacks;
+# text-to-speech engines and voices for the spoof dataset (pipeline/data/spoof.py, configs/spoof.yaml).
+APT_PACKAGES="fillets-ng-data-cs fillets-ng-data-nl ffmpeg
+    espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+    festvox-czech-dita festvox-czech-machac festvox-czech-krb festvox-czech-ph"
 missing=""
 for package in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"

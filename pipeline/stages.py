@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipeline.config import ExperimentConfig, save_config
 from pipeline.data.demo import build_demo
-from pipeline.data.manifest import build_manifest, write_manifest
+from pipeline.data.manifest import manifest_for, write_manifest
+from pipeline.data.spoof import build_spoof, is_built
 
 
 def resolved_config_path(config: ExperimentConfig) -> Path:
@@ -16,16 +17,21 @@ def resolved_config_path(config: ExperimentConfig) -> Path:
 
 
 def data_stage(config: ExperimentConfig) -> Path:
+    """Build the dataset if its source is one the pipeline makes (demo, spoof), then write RUN_DIR/manifest.csv."""
     root = Path(config.data.root)
     if config.data.source == "demo" and not (root / "SOURCES.csv").exists():
         print(f"data: building the demo dataset in {root}", flush=True)
         build_demo(root, config.data.sample_rate, workers=config.preprocess.workers)
-    rows = build_manifest(root, config.data.split)
+    elif config.data.source == "spoof" and not is_built(root):
+        print(f"data: building the spoof dataset (natural vs synthetic speech) in {root}", flush=True)
+        build_spoof(root, config.data.sample_rate, workers=config.preprocess.workers)
+    rows = manifest_for(config.data)
     manifest = Path(config.run_dir) / "manifest.csv"
     write_manifest(rows, manifest)
     per_split = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
-    print(f"data: {len(rows)} source files in {len({r.label for r in rows})} classes, "
-          f"files per split {per_split} -> {manifest}", flush=True)
+    speakers = {s: len({r.speaker for r in rows if r.split == s}) for s in ("train", "val", "test")}
+    print(f"data: {len(rows)} source files in {len({r.label for r in rows})} classes, files per split "
+          f"{per_split}, speakers per split {speakers} (split by {config.data.split.by}) -> {manifest}", flush=True)
     return manifest
 
 

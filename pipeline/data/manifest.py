@@ -1,18 +1,28 @@
-"""Discovery of a folder-per-class dataset into a manifest: one row per source file, with its split.
+"""Discovery of a dataset into a manifest: one row per source file, with its label, speaker and split.
 
 The split is made over source files, never over chunks: two chunks of one recording are nearly the same sample,
-and letting them straddle train and test would report memorisation as accuracy.
+and letting them straddle train and test would report memorisation as accuracy. With `split.by: speaker` it is made
+over speakers, so that val and test hold only voices the model never heard in training.
+
+Where the rows come from (`manifest_for`):
+
+- `folder` (and `demo`, `spoof`, which build such a folder first): one sub-folder per class under `root`. A file
+  directly in its class folder has the class name as speaker; a file in a sub-folder of its class folder
+  (`<root>/<class>/<speaker>/.../<file>`) has that first sub-folder's name as speaker, so a folder dataset can be
+  split by speaker.
+- `csv`: a CSV file with columns `path` and `label`, optionally `speaker` and `split` (see `read_csv_sources`).
 """
 
 from __future__ import annotations
 
 import csv
 import random
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline.audio import AUDIO_SUFFIXES
-from pipeline.config import SplitConfig
+from pipeline.config import DataConfig, SplitConfig
 from pipeline.io import atomic_write_csv
 
 SPLITS = ("train", "val", "test")
@@ -41,6 +51,19 @@ def discover(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
+def speaker_of(path: Path, class_folder: Path) -> str:
+    """The first sub-folder of the class folder that holds `path`, or the class name for a file directly in it."""
+    parts = Path(path).relative_to(class_folder).parts
+    return parts[0] if len(parts) > 1 else Path(class_folder).name
+
+
+def folder_sources(root: Path) -> list[SourceFile]:
+    """One row per audio file of a folder-per-class dataset, without a split yet."""
+    root = Path(root)
+    return [SourceFile(str(path.resolve()), label, speaker_of(path, root / label), "")
+            for label, files in discover(root).items() for path in files]
+
+
 def split_files(files: list[Path], split: SplitConfig, label: str) -> dict[Path, str]:
     """Assign each file of one class to a split; every split gets a file when there are at least three."""
     order = list(files)
@@ -52,12 +75,165 @@ def split_files(files: list[Path], split: SplitConfig, label: str) -> dict[Path,
     return dict(zip(order, names, strict=True))
 
 
+def speaker_split_sizes(n: int, split: SplitConfig) -> dict[str, int]:
+    """How many of a class's `n` speakers go to each split.
+
+    With at least three speakers, val and test each get `round(n * fraction)` speakers but at least one (when their
+    fraction is above zero), and train keeps at least one. With two speakers, one goes to train and one to test (to
+    val if `split.test` is 0), so that class has no voice in val. A class with one speaker cannot be split by speaker
+    (`split_speakers` raises).
+    """
+    if n >= 3:
+        n_test = max(1, round(n * split.test)) if split.test > 0 else 0
+        n_val = max(1, round(n * split.val)) if split.val > 0 else 0
+        while n_test + n_val > n - 1:  # train keeps a speaker
+            if n_val >= n_test:
+                n_val -= 1
+            else:
+                n_test -= 1
+    else:
+        n_test = 1 if n == 2 and split.test > 0 else 0
+        n_val = 1 if n == 2 and split.test == 0 and split.val > 0 else 0
+    return {"test": n_test, "val": n_val, "train": n - n_test - n_val}
+
+
+def split_speakers(speakers: dict[str, list[str]], split: SplitConfig) -> dict[str, str]:
+    """Assign whole speakers to splits, per class and seeded like `split_files`; no speaker lands in two splits.
+
+    `speakers` maps each label to its speakers; sizes per class follow `speaker_split_sizes`. A speaker heard in
+    several classes gets its split from the first class (in sorted order) that has it; the later classes fill their
+    quota with their other speakers.
+    """
+    assigned: dict[str, str] = {}
+    for label in sorted(speakers):
+        names = sorted(set(speakers[label]))
+        if len(names) < 2:
+            raise ValueError(
+                f"split.by speaker: label {label!r} has a single speaker ({names[0]!r}), so none of its voices can "
+                "be held out; give it at least two speakers (speaker sub-folders <class>/<speaker>/ in a folder "
+                "dataset, the speaker column of a CSV manifest) or use split.by file")
+        sizes = speaker_split_sizes(len(names), split)
+        free = [s for s in names if s not in assigned]
+        random.Random(f"{split.seed}:{label}").shuffle(free)
+        have = Counter(assigned[s] for s in names if s in assigned)
+        for name in ("test", "val"):
+            while have[name] < sizes[name] and len(free) > (0 if have["train"] else 1):
+                assigned[free.pop(0)] = name
+                have[name] += 1
+        for speaker in free:
+            assigned[speaker] = "train"
+    return assigned
+
+
+def assign_splits(rows: list[SourceFile], split: SplitConfig) -> list[SourceFile]:
+    """Give every row its split (by file or by speaker, as `split.by` says), sorted by path."""
+    labels = sorted({r.label for r in rows})
+    if split.by == "speaker":
+        missing = [r for r in rows if not r.speaker]
+        if missing:
+            raise ValueError(f"split.by speaker: {len(missing)} file(s) have no speaker, e.g. {missing[0].path}")
+        speakers: dict[str, list[str]] = {}
+        for r in rows:
+            speakers.setdefault(r.label, []).append(r.speaker)
+        by_speaker = split_speakers(speakers, split)
+        out = [replace(r, split=by_speaker[r.speaker]) for r in rows]
+    else:
+        out = []
+        for label in labels:
+            group = [r for r in rows if r.label == label]
+            names = split_files([Path(r.path) for r in group], split, label)
+            out += [replace(r, split=names[Path(r.path)]) for r in group]
+    return sorted(out, key=lambda r: r.path)
+
+
 def build_manifest(root: Path, split: SplitConfig) -> list[SourceFile]:
-    rows = []
-    for label, files in discover(root).items():
-        for path, name in split_files(files, split, label).items():
-            rows.append(SourceFile(str(path.resolve()), label, label, name))
+    """The manifest of a folder-per-class dataset under `root`."""
+    return assign_splits(folder_sources(root), split)
+
+
+def manifest_for(config: DataConfig) -> list[SourceFile]:
+    """The manifest of the data section of an experiment (the dataset itself must exist already)."""
+    if config.source != "csv":
+        return build_manifest(Path(config.root), config.split)
+    if not config.manifest:
+        raise ValueError("data.source is csv but data.manifest names no CSV file")
+    rows, complete = read_csv_sources(Path(config.manifest), need_speakers=config.split.by == "speaker")
+    if not complete:
+        return assign_splits(rows, config.split)
+    if config.split.by == "speaker":
+        check_speakers_disjoint(rows, config.manifest)
     return sorted(rows, key=lambda r: r.path)
+
+
+CSV_COLUMNS = ("path", "label", "speaker", "split")
+
+
+def read_csv_sources(csv_path: Path, need_speakers: bool = False) -> tuple[list[SourceFile], bool]:
+    """Rows of a CSV manifest, and whether its `split` column is filled on every row.
+
+    Columns (any order, others are ignored): `path` (relative paths are relative to the CSV's folder), `label`,
+    optionally `speaker` and `split`. An empty or absent speaker makes the file its own speaker (its resolved path),
+    unless `need_speakers` (a speaker split), where it is an error. `split` values are train, val or test; when every
+    row has one they are used as they are, otherwise the configured split is applied to all rows and the column is
+    only checked. Errors name the CSV file, the line and the column.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: CSV manifest not found")
+    base = csv_path.resolve().parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in reader.fieldnames or []]
+        for column in ("path", "label") + (("speaker",) if need_speakers else ()):
+            if column not in header:
+                raise ValueError(f"{csv_path}: line 1: missing column '{column}' (header: {', '.join(header)}; "
+                                 f"expected {', '.join(CSV_COLUMNS)}; speaker and split are optional"
+                                 f"{', but split.by speaker needs speaker' if column == 'speaker' else ''})")
+        reader.fieldnames = header
+        rows, given, seen = [], [], {}
+        for record in reader:
+            line = reader.line_num
+
+            def cell(column: str, record: dict = record) -> str:
+                value = record.get(column)
+                return value.strip() if isinstance(value, str) else ""
+
+            def fail(column: str, problem: str, line: int = line) -> ValueError:
+                return ValueError(f"{csv_path}: line {line}: column '{column}': {problem}")
+
+            if not cell("path"):
+                raise fail("path", "empty")
+            path = Path(cell("path"))
+            path = (path if path.is_absolute() else base / path).resolve()
+            if not path.is_file():
+                raise fail("path", f"file not found: {path}")
+            if str(path) in seen:
+                raise fail("path", f"{path} is already listed on line {seen[str(path)]}")
+            seen[str(path)] = line
+            if not cell("label"):
+                raise fail("label", "empty")
+            if need_speakers and not cell("speaker"):
+                raise fail("speaker", "empty, but split.by speaker needs every file's speaker")
+            if cell("split") and cell("split") not in SPLITS:
+                raise fail("split", f"{cell('split')!r} is not one of {', '.join(SPLITS)} (or empty)")
+            given.append(cell("split"))
+            rows.append(SourceFile(str(path), cell("label"), cell("speaker") or str(path), cell("split")))
+    labels = {r.label for r in rows}
+    if len(labels) < 2:
+        raise ValueError(f"{csv_path}: needs at least two labels, found {sorted(labels)}")
+    complete = all(given)
+    return (rows if complete else [replace(r, split="") for r in rows]), complete
+
+
+def check_speakers_disjoint(rows: list[SourceFile], source: object) -> None:
+    """Raise if a speaker has files in two splits (a speaker split given in a CSV must hold voices out)."""
+    splits: dict[str, set[str]] = {}
+    for r in rows:
+        splits.setdefault(r.speaker, set()).add(r.split)
+    shared = sorted(s for s, names in splits.items() if len(names) > 1)
+    if shared:
+        raise ValueError(f"{source}: split.by speaker, but speaker {shared[0]!r} has files in splits "
+                         f"{', '.join(sorted(splits[shared[0]]))} ({len(shared)} such speaker(s))")
 
 
 def write_manifest(rows: list[SourceFile], path: Path) -> None:
