@@ -67,6 +67,10 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict]) -> list[Block]:
     return blocks
 
 
+BUSY_MARGIN = 0.75
+"""Load average above a configuration's own threads that counts as a busy machine."""
+
+
 def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
     notes = []
     cpu = [r for r in rows if r["device"] == "cpu"]
@@ -92,6 +96,13 @@ def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
                 f"against {base['step_ms']:.1f} ms for {base['name']}: {parts}. The gradient all-reduce takes "
                 f"{row['allreduce_ms']:.1f} ms ({row['allreduce_ms'] / row['step_ms']:.0%} of the step, partly "
                 "hidden behind backward).")
+    for row in rows:
+        own = row["world_size"] * row["threads_per_rank"]
+        load = row.get("load_average_1m")
+        if row["device"] == "cpu" and load is not None and load > own + BUSY_MARGIN:
+            notes.append(f"{row['name']} shared the machine: the load average was {load:.1f} at the end of its "
+                         f"training, against {own} thread(s) of its own, so its throughput is lower than on a "
+                         "quiet machine.")
     for skip in skipped:
         notes.append(f"{skip['name']} was not run: {skip['reason']}.")
     return notes

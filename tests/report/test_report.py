@@ -4,7 +4,8 @@ import csv
 import json
 from pathlib import Path
 
-from pipeline.report.report import write_report
+from pipeline.report.report import honesty_notes, write_report
+from pipeline.report.table import add_derived
 
 
 def metrics(world_size: int, samples_per_second: float, step_s: float, allreduce_s: float, **extra) -> dict:
@@ -58,3 +59,12 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
     scaling = json.loads((tmp_path / "scaling.json").read_text())
     assert set(scaling["columns"]) == set(rows["ws1-cpu-bs32"])
     assert [c["speedup"] for c in scaling["configurations"]] == [1.0, 1.5, 1.6]
+
+
+def test_a_busy_machine_is_named_in_the_notes():
+    rows = [{"name": "ws1-cpu-bs32", **metrics(1, 100.0, 0.3, 0.0, load_average_1m=1.1)},
+            {"name": "ws2-cpu-bs32", **metrics(2, 190.0, 0.33, 0.01, load_average_1m=3.9)}]
+    add_derived(rows)
+    notes = honesty_notes(rows, [])
+    assert any(n.startswith("ws2-cpu-bs32 shared the machine: the load average was 3.9") for n in notes)
+    assert not any(n.startswith("ws1-cpu-bs32 shared") for n in notes)
