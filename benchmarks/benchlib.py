@@ -1,0 +1,151 @@
+"""Helpers shared by the benchmark scripts: spread of repeats, what the machine is, and how busy others kept it.
+
+Not a benchmark itself. The scripts in this folder import it as a sibling module (`python benchmarks/NAME.py` puts
+this folder first on `sys.path`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from pipeline.train.environment import available_cores, describe_environment
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_RUN_DIR = REPO / "results" / "demo"
+RESULTS = REPO / "results" / "benchmarks"
+MISSING_FEATURES = (
+    "{index} is missing: these benchmarks read the demo's feature shards. Make them with\n"
+    "  .venv/bin/pipeline data manifest configs/demo.yaml && .venv/bin/pipeline preprocess configs/demo.yaml\n"
+    "(about 1-2 minutes on 2 cores; `.venv/bin/pipeline run configs/demo.yaml` also makes them, and trains)."
+)
+
+
+def require_features(run_dir: Path) -> None:
+    """Exit with the command to run when the run folder has no feature index."""
+    index = Path(run_dir) / "features" / "index.csv"
+    if not index.is_file():
+        sys.exit(MISSING_FEATURES.format(index=index))
+
+
+def spread(values: list[float]) -> dict:
+    """mean, sample standard deviation, min, max and count of repeated measurements."""
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values), "values": values}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment(threads: int) -> dict:
+    """Hardware and versions, as the trainer records them, plus the GPU (if any) and the image libraries."""
+    record = describe_environment(torch.device("cpu"), threads, 1)
+    for name in ("torchvision", "pillow", "audio-ddp-pipeline"):
+        try:
+            record["versions"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            record["versions"][name] = "not installed"
+    record["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    record["cpu_count_host"] = os.cpu_count()
+    record["memory_gib"] = _memory_gib()
+    record["platform"] = platform.platform()
+    record["git"] = _git()
+    record.pop("oversubscribed", None)
+    record.pop("launcher", None)
+    return record
+
+
+def _git() -> dict | None:
+    """Commit of the working tree the benchmark ran from, and whether it had uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit.stdout.strip(), "uncommitted_changes": bool(status.stdout.strip())}
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _proc_stat() -> dict[str, float] | None:
+    """Machine-wide CPU seconds from /proc/stat: busy (not idle, not iowait) and stolen by the hypervisor."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (torchrun ranks, loader workers)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+class CpuMeter:
+    """How much of the machine's CPU went to other processes while a measurement ran.
+
+    others = machine-wide busy CPU seconds (/proc/stat) - CPU seconds of this process and its ended children.
+    Divided by wall time x cores it is the share of the machine that others used: 0 on an otherwise idle machine.
+    Children still running when `stop` is called (persistent loader workers) are counted as others, so it is an
+    upper bound on contention.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.load = os.getloadavg()
+        self.stat = _proc_stat()
+        self.own = _own_cpu_seconds()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.wall
+        stat, own = _proc_stat(), _own_cpu_seconds() - self.own
+        cores = available_cores()
+        record = {"wall_s": round(wall, 2), "loadavg_before": [round(v, 2) for v in self.load],
+                  "loadavg_after": [round(v, 2) for v in os.getloadavg()], "own_cpu_s": round(own, 2)}
+        if stat and self.stat:
+            busy = stat["busy"] - self.stat["busy"]
+            others = max(0.0, busy - own)
+            record.update({"machine_busy_cpu_s": round(busy, 2), "other_processes_cpu_s": round(others, 2),
+                           "other_processes_share_of_machine": round(others / (wall * cores), 3) if wall else None,
+                           "steal_cpu_s": round(stat["steal"] - self.stat["steal"], 2)})
+        return record
+
+
+def contention_caveat(meter: dict, threshold: float = 0.05) -> str | None:
+    """A sentence for the notes when other processes used a noticeable share of the machine."""
+    share = meter.get("other_processes_share_of_machine")
+    if share is None or share < threshold:
+        return None
+    return (f"Contention: other processes used {share:.0%} of the machine's CPU time while this ran "
+            f"({meter['other_processes_cpu_s']} CPU s over {meter['wall_s']} s wall on {available_cores()} cores; "
+            f"load average {meter['loadavg_before']} before, {meter['loadavg_after']} after). Absolute samples/s "
+            f"may be lower than on an idle machine.")
