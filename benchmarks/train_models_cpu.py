@@ -26,6 +26,7 @@ in-process and prints how long the plan would take.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -324,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
             if not args.keep_scratch and status == 0:
                 shutil.rmtree(run_dir, ignore_errors=True)
     load = total_meter.stop()
+    for model in args.models:
+        with contextlib.suppress(OSError):
+            (args.scratch / model).rmdir()  # only if every repeat's folder was removed
     rows = [aggregate(m, ws, raw[(m, ws)], chunks[m]["description"]) for m in args.models for ws in args.world_sizes]
     low = min(args.world_sizes)
     speedups = {}
