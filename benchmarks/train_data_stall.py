@@ -169,7 +169,7 @@ class Stepper:
 def measure_row(args: argparse.Namespace, input_kind: str, workers: int) -> dict:
     run_dir = args.run_dir
     built = time.perf_counter()
-    dataset, _, in_channels = build_dataset(run_dir, input_kind, "logmel", "train")
+    dataset, in_channels = build_dataset(run_dir, input_kind, "logmel", "train")
     build_s = time.perf_counter() - built
     labels = read_labels(run_dir)
     sample_shape = tuple(dataset[0][0].shape)

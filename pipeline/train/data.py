@@ -64,6 +64,12 @@ def load_split(run_dir: Path, feature: str, split: str) -> tuple[torch.Tensor, t
     return normalise(x, stats[feature]), torch.tensor(targets, dtype=torch.int64), labels
 
 
+def image_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """RGB pixels [..., H, W, 3] (uint8) -> [..., 3, H, W] float, normalised with ImageNet's mean and std."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div(255.0).movedim(-1, -3)
+    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
 class SpectrogramImages(Dataset):
     """The per-chunk PNGs of one split as [3, H, W] float tensors."""
 
@@ -76,23 +82,19 @@ class SpectrogramImages(Dataset):
                              f"with `preprocess.images: true` to train on images), e.g. {missing[0]['path']}")
         self.paths = [Path(run_dir) / r["image"] for r in rows]
         self.targets = torch.tensor([labels.index(r["label"]) for r in rows], dtype=torch.int64)
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(self.paths[i]) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        x = torch.from_numpy(pixels).permute(2, 0, 1)
-        return (x - self.mean) / self.std, self.targets[i]
+            pixels = np.asarray(image.convert("RGB"))
+        return image_tensor(pixels), self.targets[i]
 
 
-def build_dataset(run_dir: Path, input_kind: str, feature: str, split: str) -> tuple[Dataset, torch.Tensor, int]:
-    """(dataset, its targets, input channels) of one split for `train.input`."""
+def build_dataset(run_dir: Path, input_kind: str, feature: str, split: str) -> tuple[Dataset, int]:
+    """(dataset, input channels) of one split for `train.input`."""
     if input_kind == "images":
-        images = SpectrogramImages(run_dir, split)
-        return images, images.targets, 3
+        return SpectrogramImages(run_dir, split), 3
     x, y, _ = load_split(run_dir, feature, split)
-    return TensorDataset(x, y), y, 1
+    return TensorDataset(x, y), 1

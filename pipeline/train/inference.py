@@ -20,7 +20,7 @@ from pipeline.io import atomic_write_json
 from pipeline.preprocess import images
 from pipeline.preprocess.chunking import chunk_bounds, cut_chunks
 from pipeline.preprocess.features import FeatureExtractor
-from pipeline.train.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset, normalise
+from pipeline.train.data import build_dataset, image_tensor, normalise
 from pipeline.train.evaluation import evaluate
 from pipeline.train.metrics import write_confusion
 from pipeline.train.models import build_model
@@ -68,7 +68,7 @@ def load_trained(folder: Path) -> TrainedModel:
 def evaluate_configuration(config: ExperimentConfig, folder: Path) -> dict:
     """Score one configuration's final weights on the test split; writes evaluation_test.json and its confusion."""
     trained = load_trained(folder)
-    test_set, _, _ = build_dataset(Path(config.run_dir), trained.config.input, trained.config.feature, "test")
+    test_set, _ = build_dataset(Path(config.run_dir), trained.config.input, trained.config.feature, "test")
     result = evaluate(trained.model, test_set, trained.labels, torch.device("cpu"), trained.config.batch_size)
     result["configuration"] = folder.name
     atomic_write_json(folder / "evaluation_test.json", result)
@@ -76,33 +76,44 @@ def evaluate_configuration(config: ExperimentConfig, folder: Path) -> dict:
     return result
 
 
-def chunk_inputs(path: Path, config: ExperimentConfig, trained: TrainedModel) -> torch.Tensor:
-    """The model inputs of every chunk of one audio file, prepared as in preprocessing and training."""
-    pre, sample_rate = config.preprocess, config.data.sample_rate
-    samples = load_audio(path, sample_rate)
-    chunk = round(pre.chunk_seconds * sample_rate)
-    bounds = chunk_bounds(len(samples), chunk, pre.last_chunk, pre.min_last_chunk)
-    if not bounds:
-        raise AudioError(f"{path}: shorter than one chunk ({len(samples) / sample_rate:.2f} s)")
-    features = FeatureExtractor(pre, sample_rate)(torch.from_numpy(cut_chunks(samples, bounds, chunk)))
-    if trained.config.input == "images":
-        pictures = images.render(features[pre.image_feature], pre.image_size, pre.colormap)
-        x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255.0
-        return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    stats = json.loads((Path(config.run_dir) / "features" / "stats.json").read_text())
-    stored = features[trained.config.feature].half().float()  # the shards hold float16
-    return normalise(stored, stats[trained.config.feature])
+class ChunkInputs:
+    """Turns one audio file into the model inputs of its chunks, prepared as in preprocessing and training.
+
+    The feature extractor and the training statistics are set up once and reused for every file.
+    """
+
+    def __init__(self, config: ExperimentConfig, trained: TrainedModel) -> None:
+        self.pre, self.sample_rate, self.train = config.preprocess, config.data.sample_rate, trained.config
+        self.extractor = FeatureExtractor(self.pre, self.sample_rate)
+        self.stats = None
+        if self.train.input == "features":
+            stats = json.loads((Path(config.run_dir) / "features" / "stats.json").read_text())
+            self.stats = stats[self.train.feature]
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        pre = self.pre
+        samples = load_audio(path, self.sample_rate)
+        chunk = round(pre.chunk_seconds * self.sample_rate)
+        bounds = chunk_bounds(len(samples), chunk, pre.last_chunk, pre.min_last_chunk)
+        if not bounds:
+            raise AudioError(f"{path}: shorter than one chunk ({len(samples) / self.sample_rate:.2f} s)")
+        features = self.extractor(torch.from_numpy(cut_chunks(samples, bounds, chunk)))
+        if self.stats is None:
+            return image_tensor(np.stack(images.render(features[pre.image_feature], pre.image_size, pre.colormap)))
+        stored = features[self.train.feature].half().float()  # the shards hold float16
+        return normalise(stored, self.stats)
 
 
 @torch.no_grad()
 def predict_files(config: ExperimentConfig, folder: Path, paths: list[Path]) -> list[dict]:
     """One row per file: chunk count, predicted label and mean class probabilities (or the reason it failed)."""
     trained = load_trained(folder)
+    chunk_inputs = ChunkInputs(config, trained)
     rows = []
     for path in paths:
         row: dict = {"path": str(path)}
         try:
-            x = chunk_inputs(path, config, trained)
+            x = chunk_inputs(path)
         except (AudioError, OSError) as err:
             rows.append({**row, "chunks": 0, "predicted": "", "error": str(err)})
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def train(run_dir: Path, out: Path, config: TrainConfig, device: torch.device, r
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(config.seed)  # the same on every rank: DDP also broadcasts rank 0's initial weights
     labels = read_labels(run_dir)
-    train_set, _, in_channels = build_dataset(run_dir, config.input, config.feature, "train")
-    val_set, _, _ = build_dataset(run_dir, config.input, config.feature, "val")
+    train_set, in_channels = build_dataset(run_dir, config.input, config.feature, "train")
+    val_set, _ = build_dataset(run_dir, config.input, config.feature, "val")
     n_bins = train_set[0][0].shape[1]  # the lstm reads one feature frame of n_bins per time step
     model = build_model(config, len(labels), in_channels, n_bins).to(device)
     channels_last = config.channels_last and is_convolutional(config.model)
@@ -96,11 +97,10 @@ def train(run_dir: Path, out: Path, config: TrainConfig, device: torch.device, r
     autocast = config.precision == "bf16" and device.type == "cuda"
     loss_fn = nn.CrossEntropyLoss()
     clock = PhaseClock(device)
-    steps = StepTimes(progress.step_times)
+    steps = StepTimes(progress.step_times)  # appends to the list that checkpoints save
     stop_signal = None
 
     def save_checkpoint() -> None:
-        progress.step_times = steps.rows
         if rank == 0:
             checkpoint.save(checkpoint_path, model, optimizer, scheduler, progress)
         dist.barrier()
@@ -124,7 +124,7 @@ def train(run_dir: Path, out: Path, config: TrainConfig, device: torch.device, r
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 computed = clock.mark()
                 last_micro = micro == config.grad_accumulation - 1
-                with ddp.no_sync() if not last_micro else _nothing():
+                with ddp.no_sync() if not last_micro else nullcontext():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                         logits = ddp(xb)
                         loss = loss_fn(logits.float(), yb)
@@ -177,7 +177,6 @@ def train(run_dir: Path, out: Path, config: TrainConfig, device: torch.device, r
         stop_signal = stop.agreed(device)
         if stop_signal is not None:
             log(f"stopped by signal {stop_signal} after epoch {epoch}; checkpoint {checkpoint_path}")
-    progress.step_times = steps.rows
     details = {"lr_effective": lr, "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps,
                "init": describe_init(config), "in_channels": in_channels, "n_bins": n_bins,
                "channels_last": channels_last, "precision": "bf16" if autocast else "fp32",
@@ -195,14 +194,4 @@ def _track_early_stopping(progress: Progress, record: dict, config: TrainConfig)
         progress.epochs_without_improvement += 1
     patience = config.early_stopping_patience
     progress.stopped_early = bool(patience) and progress.epochs_without_improvement >= patience
-
-
-class _nothing:
-    """A do-nothing context manager (DDP syncs gradients on the last micro-batch of an accumulation)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 

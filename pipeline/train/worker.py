@@ -23,9 +23,10 @@ from pipeline.train import distributed
 from pipeline.train.data import build_dataset, read_labels
 from pipeline.train.environment import describe_environment
 from pipeline.train.evaluation import evaluate
+from pipeline.train.launch import RESTARTS_VARIABLE
 from pipeline.train.metrics import write_confusion
 from pipeline.train.preemption import StopFlag, requeue_slurm_job
-from pipeline.train.timing import PHASES, peak_memory_bytes, write_step_times
+from pipeline.train.timing import PHASES, StepTimes, peak_memory_bytes, write_step_times
 from pipeline.train.trainer import Outcome, train
 
 INTERRUPTED = "interrupted.json"
@@ -86,7 +87,7 @@ def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: t
     config, progress = experiment.train, outcome.progress
     run_dir = Path(experiment.run_dir)
     labels = read_labels(run_dir)
-    test_set, _, _ = build_dataset(run_dir, config.input, config.feature, "test")
+    test_set, _ = build_dataset(run_dir, config.input, config.feature, "test")
     test = evaluate(outcome.model, test_set, labels, device, config.batch_size, config.loader_workers,
                     outcome.details["channels_last"], outcome.details["precision"] == "bf16")
     divergence = _ranks_in_sync(outcome.model)
@@ -105,7 +106,8 @@ def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: t
     model_state = {"model": outcome.model.state_dict(), "labels": labels, "train": to_dict(config),
                    "in_channels": outcome.details["in_channels"], "n_bins": outcome.details["n_bins"]}
     atomic_write(out / "model.pt", lambda tmp: torch.save(model_state, tmp))
-    steps_mean = {f"mean_{phase}": _mean(progress.step_times, phase, steady_epochs) for phase in PHASES}
+    steps = StepTimes(progress.step_times)
+    steps_mean = {f"mean_{phase}": steps.mean(phase, steady_epochs) for phase in PHASES}
     metrics = {
         "world_size": world, "nodes": env.nodes, "device": device.type, "precision": outcome.details["precision"],
         "model": config.model, "input": config.input, "feature": config.feature, "init": outcome.details["init"],
@@ -123,7 +125,7 @@ def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: t
         "test_macro_f1": test["macro_f1"], "test_eer": test["eer"], "test_loss": test["loss"],
         "test_confusion": test["confusion"], "test_per_class": test["per_class"],
         "resumed_from": outcome.details["resumed_from"], "rank_max_param_difference": divergence,
-        "restarts": int(os.environ.get("PIPELINE_RESTARTS", 0)),
+        "restarts": int(os.environ.get(RESTARTS_VARIABLE, 0)),
         "train_wall_s": wall_s, "labels": labels, "history": history,
     }
     metrics.update(describe_environment(device, config.threads_per_rank, world))
@@ -158,11 +160,6 @@ def _ranks_in_sync(model: torch.nn.Module) -> float:
         worst = torch.maximum(worst, (tensor.detach().double() - reference.double()).abs().max())
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     return float(worst.item())
-
-
-def _mean(rows: list[dict], phase: str, epochs: set[int]) -> float:
-    values = [r[phase] for r in rows if r["epoch"] in epochs]
-    return sum(values) / len(values) if values else 0.0
 
 
 def _tensorboard(out: Path):

@@ -13,12 +13,11 @@ from pipeline.audio import load_audio
 from pipeline.config import PreprocessConfig, TrainConfig
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.preprocess.images import render
+from pipeline.train.data import image_tensor
 from pipeline.train.models import build_model, describe_init, is_convolutional
 
 RATE = 16000
 CHUNKS_PER_SPEAKER = 4
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,7 @@ def features(logmel: torch.Tensor, frames: int | None = None) -> torch.Tensor:
 
 def images(logmel: torch.Tensor, size: int = 48) -> torch.Tensor:
     """[n, 3, size, size] ImageNet-normalised spectrogram images, as the image loader gives them."""
-    rgb = torch.from_numpy(render(logmel, size, "magma")).permute(0, 3, 1, 2).float() / 255
-    return (rgb - IMAGENET_MEAN) / IMAGENET_STD
+    return image_tensor(render(logmel, size, "magma"))
 
 
 def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 1e-3) -> list[float]:
