@@ -67,7 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_arguments(sub)
         if name in ("train", "run"):
             sub.add_argument("--force", action="store_true", help="retrain configurations that have metrics")
+        if name == "train":
+            sub.add_argument("--configuration", help="train just this one, e.g. ws2-cuda-bs32 (default: all)")
+            sub.add_argument("--launcher", choices=["torchrun", "srun"], default="torchrun",
+                             help="torchrun on this machine (default), or srun inside a SLURM allocation: one "
+                             "task per rank across its nodes")
         sub.set_defaults(handler=_stage(f"{name}_stage" if name != "run" else "run_all"))
+
+    submit = commands.add_parser("submit", help="submit the experiment to SLURM as dependent jobs: preprocess, "
+                                 "one training job per configuration, report (runs them here without SLURM)")
+    _add_config_arguments(submit)
+    submit.add_argument("--dry-run", action="store_true", help="write and print every script, submit nothing")
+    submit.add_argument("--local", action="store_true", help="run the scripts here even where sbatch exists")
+    submit.set_defaults(handler=_submit)
+    status = commands.add_parser("status", help="state of each submitted job and where its log is")
+    status.add_argument("run_dir", type=Path, help="run folder of a submitted experiment")
+    status.set_defaults(handler=_status)
+    cancel = commands.add_parser("cancel", help="scancel every unfinished job of a submitted experiment")
+    cancel.add_argument("run_dir", type=Path, help="run folder of a submitted experiment")
+    cancel.set_defaults(handler=_cancel)
+    show = commands.add_parser("config", help="print the validated config (overrides applied), or one key")
+    _add_config_arguments(show)
+    show.add_argument("--get", metavar="KEY", help="print just this dotted key, e.g. run_dir")
+    show.set_defaults(handler=_show_config)
 
     evaluate = commands.add_parser("evaluate", help="score trained configurations on the test split")
     _add_config_arguments(evaluate)
@@ -104,10 +126,51 @@ def _stage(function: str):
         stages = _stages()
         if function != "run_all":
             save_config(config, stages.resolved_config_path(config))
-        kwargs = {"force": args.force} if hasattr(args, "force") else {}
+        kwargs = {key: getattr(args, key) for key in ("force", "configuration", "launcher") if hasattr(args, key)}
         getattr(stages, function)(config, **kwargs)
 
     return handler
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from pipeline.slurm.submit import submit
+
+    records = submit(load_config(args.config, args.overrides), dry_run=args.dry_run, local=args.local)
+    failed = [r for r in records if r.state not in (None, "COMPLETED")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(records)} local jobs did not complete: "
+                           + ", ".join(f"{r.configuration or r.stage} ({r.state})" for r in failed))
+
+
+def _status(args: argparse.Namespace) -> None:
+    from pipeline.slurm.jobs import status_table
+
+    rows = status_table(args.run_dir)
+    columns = ["stage", "configuration", "job", "state", "detail", "log"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    for row in [dict(zip(columns, columns, strict=True)), *rows]:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+def _cancel(args: argparse.Namespace) -> None:
+    from pipeline.slurm.jobs import cancel
+
+    cancelled = cancel(args.run_dir)
+    print(f"cancel: {len(cancelled)} unfinished jobs cancelled" + (f": {' '.join(cancelled)}" if cancelled else ""))
+
+
+def _show_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from pipeline.config import to_dict
+
+    value = to_dict(load_config(args.config, args.overrides))
+    for part in args.get.split(".") if args.get else []:
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"{args.config}: no key {args.get!r}")
+        value = value[part]
+    print(value if args.get and not isinstance(value, (dict, list)) else yaml.safe_dump(value, sort_keys=False),
+          end="\n" if args.get and not isinstance(value, (dict, list)) else "")
 
 
 def _trained_run(args: argparse.Namespace) -> ExperimentConfig:

@@ -7,6 +7,7 @@ Every stage reads its own small dataclass. Loading is strict: an unknown key or 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -77,7 +78,10 @@ class PreprocessConfig:
     colormap: str = "magma"
     """Matplotlib colormap name used as a lookup table."""
     workers: int = 2
-    """Dask workers of the LocalCluster (one thread each)."""
+    """Dask workers of the LocalCluster (one thread each); with `scheduler_file`, how many to wait for."""
+    scheduler_file: str | None = None
+    """Attach to a running Dask cluster through its scheduler file instead of starting a LocalCluster (this is how
+    slurm/preprocess.sbatch spreads the work over the nodes of its allocation)."""
     files_per_task: int = 64
     """Source files per Dask task (one feature shard each); large enough that scheduling overhead stays small."""
 
@@ -130,6 +134,8 @@ class TrainConfig:
     """`ddp` (torch DistributedDataParallel, the tested path) or `horovod` where it is importable."""
     world_sizes: list[int] = field(default_factory=lambda: [1, 2])
     """Each entry is one configuration: the number of DDP ranks."""
+    batch_sizes: list[int] = field(default_factory=list)
+    """Batch sizes per rank to sweep, each crossed with every world size; empty: just `batch_size`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` uses one GPU per rank when there are enough, else CPU ranks with gloo."""
     threads_per_rank: int = 1
@@ -145,6 +151,41 @@ class TrainConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How `pipeline submit` asks SLURM for resources. Every value lands in a generated sbatch script, so the
+    strings are checked (`check_slurm`) and quoted; none can add a line or a command to the script."""
+
+    partition: str | None = None
+    """Partition of every job (`--partition`); none: the cluster's default."""
+    account: str | None = None
+    """Account charged (`--account`); none: the user's default."""
+    gpus_per_node: int = 0
+    """GPUs per node. A configuration of N ranks takes ceil(N / gpus_per_node) nodes with `--gres=gpu:K` (K ranks
+    per node, one task per GPU); 0: CPU ranks without GPUs."""
+    cpu_ranks_per_node: int = 4
+    """With `gpus_per_node: 0`, how many CPU ranks share a node."""
+    preprocess_nodes: int = 1
+    """Nodes of the preprocessing job; each runs one Dask worker process per CPU it gets."""
+    preprocess_cpus_per_node: int = 4
+    """CPUs (and Dask workers) per node of the preprocessing job."""
+    memory: str | None = None
+    """Memory per node (`--mem`, e.g. `32G`); none: the partition's default."""
+    time_preprocess: str = "02:00:00"
+    """Time limit of the preprocessing job ([D-]HH:MM:SS)."""
+    time_train: str = "04:00:00"
+    """Time limit of each training job; 90 s before it, SIGUSR1 makes training checkpoint and requeue."""
+    time_report: str = "00:20:00"
+    """Time limit of the report job."""
+    signal_seconds: int = 90
+    """How long before the time limit SLURM sends SIGUSR1 to the training ranks (`--signal=USR1@N`)."""
+    python: str | None = None
+    """Python with the pipeline installed, as the compute nodes see it; none: the one running `pipeline submit`
+    (right when the virtual environment is on a shared file system)."""
+    extra_options: list[str] = field(default_factory=list)
+    """More sbatch options for every job, e.g. `--qos=high` or `--constraint=a100`."""
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     """Short name of the experiment, shown in reports."""
@@ -153,6 +194,8 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Resources of the jobs `pipeline submit` sends to SLURM."""
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -191,6 +234,7 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         "train.batch_size": train.batch_size >= 1,
         "train.lr": train.lr > 0,
         "train.world_sizes": bool(train.world_sizes) and all(n >= 1 for n in train.world_sizes),
+        "train.batch_sizes": all(n >= 1 for n in train.batch_sizes),
         "train.threads_per_rank": train.threads_per_rank >= 1,
         "train.trainable_blocks": train.trainable_blocks >= 0,
         "train.dropout": 0 <= train.dropout < 1,
@@ -200,6 +244,11 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         "train.checkpoint_every_steps": train.checkpoint_every_steps >= 0,
         "train.early_stopping_patience": train.early_stopping_patience >= 0,
         "train.max_restarts": train.max_restarts >= 0,
+        "slurm.gpus_per_node": config.slurm.gpus_per_node >= 0,
+        "slurm.cpu_ranks_per_node": config.slurm.cpu_ranks_per_node >= 1,
+        "slurm.preprocess_nodes": config.slurm.preprocess_nodes >= 1,
+        "slurm.preprocess_cpus_per_node": config.slurm.preprocess_cpus_per_node >= 1,
+        "slurm.signal_seconds": config.slurm.signal_seconds >= 0,
     }
     for key, ok in problems.items():
         if not ok:
@@ -207,6 +256,26 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise ConfigError(f"{source}: '{key}' has an impossible value {value!r}")
+    check_slurm(config.slurm, source)
+
+
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+_SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}:\d{2}:\d{2}|\d+")
+_SLURM_MEMORY = re.compile(r"\d+[KMGT]?")
+_SLURM_OPTION = re.compile(r"--[a-z][a-z-]*(=[A-Za-z0-9_.,:@%/+=-]+)?")
+
+
+def check_slurm(slurm: SlurmConfig, source: str) -> None:
+    """Each value must be a plain token of its kind: anything else could break out of its #SBATCH line."""
+    checks = [("partition", slurm.partition, _SLURM_NAME), ("account", slurm.account, _SLURM_NAME),
+              ("memory", slurm.memory, _SLURM_MEMORY), ("time_preprocess", slurm.time_preprocess, _SLURM_TIME),
+              ("time_train", slurm.time_train, _SLURM_TIME), ("time_report", slurm.time_report, _SLURM_TIME)]
+    checks += [(f"extra_options[{i}]", option, _SLURM_OPTION) for i, option in enumerate(slurm.extra_options)]
+    for key, value, pattern in checks:
+        if value is not None and not pattern.fullmatch(value):
+            raise ConfigError(f"{source}: 'slurm.{key}' is not a valid sbatch value: {value!r}")
+    if slurm.python is not None and any(c in slurm.python for c in "\n\r\0"):
+        raise ConfigError(f"{source}: 'slurm.python' must be one path, got {slurm.python!r}")
 
 
 def _apply_override(raw: dict, item: str, source: Path) -> None:

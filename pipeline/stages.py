@@ -46,10 +46,11 @@ def preprocess_stage(config: ExperimentConfig) -> dict:
     return summary
 
 
-def train_stage(config: ExperimentConfig, force: bool = False) -> list[Path]:
+def train_stage(config: ExperimentConfig, force: bool = False, configuration: str | None = None,
+                launcher: str = "torchrun") -> list[Path]:
     from pipeline.train.launch import train_all
 
-    return train_all(config, resolved_config_path(config), force=force)
+    return train_all(config, resolved_config_path(config), force=force, only=configuration, launcher=launcher)
 
 
 def report_stage(run_dir: Path) -> Path:

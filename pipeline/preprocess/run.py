@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from concurrent.futures import Executor, as_completed
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def _write_index(features_dir: Path, summaries: list[dict]) -> dict:
     atomic_write_json(features_dir / "labels.json", labels)
     atomic_write_json(features_dir / "stats.json", _merge_stats([s["train_stats"] for s in summaries]))
     per_split = {split: sum(r["split"] == split for r in index) for split in ("train", "val", "test")}
-    return {"tasks": len(summaries), "files": sum(s["files"] for s in summaries), "chunks": len(index),
+    nodes = Counter(s.get("node", "unknown") for s in summaries)
+    return {"tasks": len(summaries), "tasks_per_node": dict(sorted(nodes.items())),
+            "files": sum(s["files"] for s in summaries), "chunks": len(index),
             "chunks_per_split": per_split, "rejected_files": len(rejects), "labels": labels}
 
 

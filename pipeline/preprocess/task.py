@@ -7,6 +7,8 @@ already complete.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +70,16 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
                          "start_s": round(start / sample_rate, 4), "end_s": round(end / sample_rate, 4),
                          "image": image})
     stacked = {name: np.concatenate(parts) for name, parts in arrays.items()}
-    summary = {"task_id": task.task_id, "files": len(task.files), "chunks": len(rows), "rejects": rejects,
+    summary = {"task_id": task.task_id, "node": node_name(), "files": len(task.files), "chunks": len(rows),
+               "rejects": rejects,
                "train_stats": _train_stats(stacked, rows)}
     shards.write_shard(features_dir, task.task_id, stacked, rows, summary)
     return summary
+
+
+def node_name() -> str:
+    """The SLURM node this task ran on (several virtual nodes can share one host name), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def _train_stats(arrays: dict[str, np.ndarray], rows: list[dict]) -> dict:

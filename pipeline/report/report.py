@@ -9,6 +9,7 @@ from pipeline.io import atomic_write, atomic_write_text
 from pipeline.report import plots
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from pipeline.report.table import COLUMNS, add_derived, baseline_of, collect, write_scaling
+from pipeline.slurm.jobs import unfinished_configurations
 
 METHOD = [
     "samples/s: training samples of all ranks per second of epoch wall time, averaged over every epoch after the "
@@ -32,20 +33,23 @@ METHOD = [
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     rows, skipped = collect(run_dir)
+    failed = unfinished_configurations(run_dir)
     if not rows:
-        raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first")
+        names = "; ".join(f"{f['name']}: {f['reason']}" for f in failed)
+        raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first"
+                                + (f". Submitted configurations without results: {names}" if failed else ""))
     add_derived(rows)
     write_scaling(run_dir, rows)
     for name, (draw, _) in plots.FIGURES.items():
         for fmt in ("png", "svg"):
             atomic_write(run_dir / f"{name}.{fmt}", lambda tmp, draw=draw, fmt=fmt: draw(rows, tmp, fmt))
-    blocks = build(run_dir, rows, skipped)
+    blocks = build(run_dir, rows, skipped, failed)
     atomic_write_text(run_dir / "report.md", to_markdown(blocks))
     atomic_write_text(run_dir / "report.html", to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
     return run_dir / "report.md"
 
 
-def build(run_dir: Path, rows: list[dict], skipped: list[dict]) -> list[Block]:
+def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict] | None = None) -> list[Block]:
     first = rows[0]
     hardware = (f"Measured {first['measured_at']} on `{first['hostname']}`: {first['cpu_model']}, "
                 f"{first['cpu_cores_available']} CPU cores available"
@@ -53,8 +57,11 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict]) -> list[Block]:
                 + ", ".join(f"{k} {v}" for k, v in first["versions"].items())
                 + f". Launcher: {first['launcher']}. Each figure is one training run per configuration (no repeats "
                 "yet), so differences of a few percent are within the noise of a shared machine.")
-    blocks: list[Block] = [Heading(f"Scaling report: {run_dir.name}", 1), Paragraph(hardware),
-                           Heading("Configurations"),
+    blocks: list[Block] = [Heading(f"Scaling report: {run_dir.name}", 1), Paragraph(hardware)]
+    if failed:
+        blocks += [Heading("Configurations without results"),
+                   Bullets([f"{f['name']}: {f['reason']}" for f in failed])]
+    blocks += [Heading("Configurations"),
                            Table([header for _, header, _ in COLUMNS],
                                  [[_cell(row.get(key)) for key, _, _ in COLUMNS] for row in rows])]
     blocks += [Figure(f"{name}.png", caption) for name, (_, caption) in plots.FIGURES.items()]

@@ -44,10 +44,12 @@ def from_environment(env: Mapping[str, str] | None = None) -> DistributedEnv:
                               int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun",
                               env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        nodes = int(env.get("SLURM_NNODES", 1))
-        world = int(env["SLURM_NTASKS"])
+        nodes = int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES", 1))
+        world = int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"])
+        # A step may use fewer nodes than the job; its own node list names the master.
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
         return DistributedEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world,
-                              world // nodes, "srun", first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+                              world // nodes, "srun", first_host(nodelist),
                               int(env.get("MASTER_PORT", master_port_for(env.get("SLURM_JOB_ID", "")))))
     return DistributedEnv(0, 0, 1, 1, "single process")
 

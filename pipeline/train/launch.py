@@ -1,9 +1,11 @@
-"""The training stage: one torchrun job per configuration of the sweep (for now, one per world size)."""
+"""The training stage: one job per configuration of the sweep (world sizes x batch sizes), launched with torchrun on
+this machine or with srun (one task per rank) inside a SLURM allocation."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,25 @@ class TrainingRun:
     def name(self) -> str:
         return f"ws{self.world_size}-{self.device}-bs{self.batch_size}"
 
+    @classmethod
+    def parse(cls, name: str, config: ExperimentConfig) -> TrainingRun:
+        """The configuration a name stands for; it must be one of the config's sweep."""
+        match = re.fullmatch(r"ws(\d+)-(cpu|cuda)-bs(\d+)", name)
+        if not match:
+            raise ValueError(f"--configuration {name!r}: expected a name like ws2-cuda-bs32")
+        run = cls(int(match[1]), match[2], int(match[3]))
+        if run.world_size not in config.train.world_sizes:
+            raise ValueError(f"--configuration {name!r}: world size {run.world_size} is not in train.world_sizes "
+                             f"{config.train.world_sizes}")
+        if run.batch_size not in batch_sizes(config):
+            raise ValueError(f"--configuration {name!r}: batch size {run.batch_size} is not in the sweep "
+                             f"{batch_sizes(config)} (train.batch_sizes, or train.batch_size)")
+        return run
+
+
+def batch_sizes(config: ExperimentConfig) -> list[int]:
+    return config.train.batch_sizes or [config.train.batch_size]
+
 
 def pick_device(requested: str, world_size: int) -> str:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -42,20 +63,24 @@ def pick_device(requested: str, world_size: int) -> str:
     return requested
 
 
-def plan(config: ExperimentConfig) -> list[TrainingRun]:
-    train = config.train
-    return [TrainingRun(n, pick_device(train.device, n), train.batch_size) for n in train.world_sizes]
+def plan(config: ExperimentConfig, device_for=pick_device) -> list[TrainingRun]:
+    """Every configuration of the sweep; `device_for(train.device, world_size)` decides where each runs."""
+    return [TrainingRun(n, device_for(config.train.device, n), b)
+            for n in config.train.world_sizes for b in batch_sizes(config)]
 
 
-def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) -> list[Path]:
-    """Run each configuration that has no metrics.json yet, resuming from its checkpoint if it has one; returns
-    their folders. `force` retrains from scratch."""
+def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, only: str | None = None,
+              launcher: str = "torchrun") -> list[Path]:
+    """Run each configuration (or just `only`) that has no metrics.json yet, resuming from its checkpoint if it has
+    one; returns their folders. `force` retrains from scratch. With `launcher="srun"` the ranks are the tasks of
+    the SLURM allocation this runs in, which SLURM sized, so the core check is skipped."""
     index = Path(config.run_dir) / "features" / "index.csv"
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
     require_backend(config.train.backend)
+    runs = [TrainingRun.parse(only, config)] if only else plan(config)
     folders = []
-    for run in plan(config):
+    for run in runs:
         out = Path(config.run_dir) / "configs" / run.name
         folders.append(out)
         if (out / "metrics.json").exists() and not force:
@@ -63,7 +88,7 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) 
             continue
         needed = run.world_size * config.train.threads_per_rank
         cores = available_cores()
-        if run.device == "cpu" and needed > cores and config.train.skip_oversubscribed:
+        if run.device == "cpu" and needed > cores and config.train.skip_oversubscribed and launcher == "torchrun":
             reason = f"needs {needed} cores ({run.world_size} ranks x {config.train.threads_per_rank} threads), " \
                      f"the machine gives {cores}"
             print(f"train: {run.name} skipped: {reason}", flush=True)
@@ -73,25 +98,39 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False) 
         (out / "skipped.json").unlink(missing_ok=True)
         if force:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        launch(run, config, config_path, out)
+        launch(run, config, config_path, out, launcher)
     return folders
 
 
-def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path) -> None:
-    """torchrun one configuration; if a rank dies, start a fresh torchrun that resumes from the last checkpoint.
+def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str) -> list[str]:
+    worker = ["-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out), "--device", run.device,
+              "--batch-size", str(run.batch_size), "--resume"]
+    if launcher == "srun":
+        # One task per rank across the allocation's nodes; if one task fails, SLURM ends the others.
+        return ["srun", f"--ntasks={run.world_size}", "--kill-on-bad-exit=1", sys.executable, *worker]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={run.world_size}", *worker]
+    raise ValueError(f"--launcher {launcher!r}: expected torchrun or srun")
+
+
+def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path, launcher: str) -> None:
+    """Launch one configuration; if a rank dies, launch it again and let it resume from the last checkpoint.
 
     Restarts are done here rather than by torchrun's --max-restarts, which reuses its rendezvous store: in torch 2.11
     a restarted gloo group can read the dead rank's old address from it and fail to connect (pytorch#167288).
+    A job that SLURM requeued counts its earlier runs as restarts too.
     """
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.world_size}",
-               "-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out),
-               "--device", run.device, "--resume"]
+    command = launch_command(run, config_path, out, launcher)
     print(f"train: {run.name}: {' '.join(command)}", flush=True)
+    requeues = int(os.environ.get("SLURM_RESTART_COUNT", 0))
     for attempt in range(config.train.max_restarts + 1):
-        env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank), RESTARTS_VARIABLE: str(attempt)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank),
+               RESTARTS_VARIABLE: str(requeues + attempt)}
         with open(out / "train.log", "a") as log:
-            log.write(f"--- {run.name}, attempt {attempt + 1} of {config.train.max_restarts + 1}\n")
+            log.write(f"--- {run.name}, attempt {attempt + 1} of {config.train.max_restarts + 1}"
+                      + (f" (SLURM start {requeues + 1})" if requeues else "") + "\n")
             log.flush()
             result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
         interrupted = out / "interrupted.json"

@@ -37,11 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="resolved experiment YAML")
     parser.add_argument("--out", required=True, help="folder of this configuration")
     parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    parser.add_argument("--batch-size", type=int, help="batch size per rank (default: train.batch_size)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
     args = parser.parse_args(argv)
     stop = StopFlag()
     stop.install()  # before anything slow, so an early signal is not fatal
     experiment = load_config(args.config)
+    if args.batch_size:
+        experiment.train.batch_size = args.batch_size
     config = experiment.train
     distributed.require_backend(config.backend)
     env = distributed.from_environment()
