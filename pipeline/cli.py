@@ -169,8 +169,10 @@ def _show_config(args: argparse.Namespace) -> None:
         if not isinstance(value, dict) or part not in value:
             raise ConfigError(f"{args.config}: no key {args.get!r}")
         value = value[part]
-    print(value if args.get and not isinstance(value, (dict, list)) else yaml.safe_dump(value, sort_keys=False),
-          end="\n" if args.get and not isinstance(value, (dict, list)) else "")
+    if isinstance(value, (dict, list)):
+        print(yaml.safe_dump(value, sort_keys=False), end="")
+    else:
+        print(value)
 
 
 def _trained_run(args: argparse.Namespace) -> ExperimentConfig:

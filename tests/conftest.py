@@ -29,7 +29,7 @@ def tiny_experiment(tmp_path: Path, speech_dir: Path, **sections: dict) -> Path:
         "train": {"epochs": 2, "batch_size": 8, "world_sizes": [2]},
     }
     for section, values in sections.items():
-        config[section].update(values)
+        config.setdefault(section, {}).update(values)
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

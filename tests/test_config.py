@@ -66,3 +66,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "train: [\n"))
+
+
+def test_config_command_prints_one_resolved_key(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: results/x\n")
+    run = [sys.executable, "-m", "pipeline", "config", str(path), "--set", "run_dir=results/y"]
+    result = subprocess.run([*run, "--get", "run_dir"], capture_output=True, text=True)
+    assert result.stdout == "results/y\n"
+    missing = subprocess.run([*run, "--get", "train.nope"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no key 'train.nope'" in missing.stderr

@@ -57,7 +57,7 @@ def test_bad_config_exits_with_the_key_and_file(tmp_path, speech_dir):
 
 def test_every_command_has_help():
     for command in (["data"], ["data", "demo"], ["data", "manifest"], ["preprocess"], ["train"], ["report"],
-                    ["run"]):
+                    ["run"], ["submit"], ["status"], ["cancel"], ["config"]):
         result = pipeline(*command, "--help")
         assert result.returncode == 0 and "usage: pipeline" in result.stdout, command
 

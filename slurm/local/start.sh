@@ -45,7 +45,7 @@ grep -q "# pipeline-slurm" /etc/hosts || \
 mkdir -p /run/munge && chown munge:munge /run/munge
 [ -f /etc/munge/munge.key ] || runuser -u munge -- mungekey --create
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged --force  # --force: past a stale socket left by a killed munged
 fi
 
 # Fake GPUs: gres.conf needs character devices (a regular file is rejected).
@@ -96,10 +96,13 @@ chown -R mysql:mysql "$PREFIX/mysql"
 socket=$PREFIX/run/mysql.sock
 if ! mariadb-admin --socket="$socket" ping >/dev/null 2>&1; then
     chmod 1777 "$PREFIX/run"
+    rm -f "$socket" "$socket.lock" "$PREFIX/run/mysql.pid"  # left by a killed server; nothing is listening
     setsid mariadbd --user=mysql --datadir="$PREFIX/mysql" --socket="$socket" --bind-address=127.0.0.1 \
         --port="$DB_PORT" --pid-file="$PREFIX/run/mysql.pid" --log-error="$PREFIX/mysql/error.log" \
         </dev/null >/dev/null 2>&1 &
     for _ in $(seq 60); do mariadb-admin --socket="$socket" ping >/dev/null 2>&1 && break; sleep 0.5; done
+    mariadb-admin --socket="$socket" ping >/dev/null 2>&1 || {
+        echo "slurm/local/start.sh: MariaDB did not start; see $PREFIX/mysql/error.log" >&2; exit 1; }
 fi
 mariadb --socket="$socket" -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
     CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';

@@ -1,11 +1,14 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import load_config
 from pipeline.preprocess.run import preprocess
 from pipeline.stages import data_stage
+from pipeline.train.distributed import from_environment, master_port_for
 from pipeline.train.environment import available_cores
-from pipeline.train.launch import pick_device, plan, train_all
+from pipeline.train.launch import TrainingRun, pick_device, plan, train_all
 from tests.conftest import tiny_experiment
 
 
@@ -25,3 +28,25 @@ def test_configurations_beyond_the_cores_are_skipped_with_a_reason(tmp_path, spe
 def test_auto_device_is_cpu_without_gpus():
     assert pick_device("auto", 1) == "cpu"
     assert pick_device("cpu", 4) == "cpu"
+
+
+def test_the_sweep_crosses_world_sizes_and_batch_sizes_and_names_parse_back(tmp_path, speech_dir):
+    config = load_config(tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1, 2], "batch_sizes": [4, 16],
+                                                                      "device": "cpu"}))
+    names = [r.name for r in plan(config)]
+    assert names == ["ws1-cpu-bs4", "ws1-cpu-bs16", "ws2-cpu-bs4", "ws2-cpu-bs16"]
+    assert [TrainingRun.parse(name, config).name for name in names] == names
+    for name, message in [("ws4-cpu-bs4", "world size 4 is not in train.world_sizes"),
+                          ("ws1-cpu-bs8", "batch size 8 is not in the sweep"), ("fast", "expected a name like")]:
+        with pytest.raises(ValueError, match=message):
+            TrainingRun.parse(name, config)
+
+
+def test_srun_step_variables_define_the_ranks():
+    env = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NNODES": "4",
+           "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[01-04]",
+           "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_JOB_ID": "1234"}
+    ranks = from_environment(env)
+    assert (ranks.rank, ranks.local_rank, ranks.world_size, ranks.local_world_size, ranks.nodes) == (3, 1, 4, 2, 2)
+    assert ranks.launcher == "srun" and ranks.master_port == master_port_for("1234") != 29500
+    assert ranks.master_addr == "gpu03"  # the step's first node, not the job's
