@@ -55,10 +55,17 @@ class DataConfig:
 class PreprocessConfig:
     chunk_seconds: float = 3.0
     """Length of each chunk; the seed method used 1, 3, 5 and 10 s."""
+    hop_seconds: float | None = None
+    """Step from one chunk's start to the next; shorter than `chunk_seconds` makes chunks overlap. None: no overlap."""
     last_chunk: Literal["drop", "pad"] = "drop"
     """What to do with a final chunk shorter than `chunk_seconds`: drop it or zero-pad it."""
     min_last_chunk: float = 0.5
     """With `pad`, the shortest remainder (as a fraction of a chunk) still worth padding."""
+    silence_threshold_db: float | None = None
+    """Drop chunks whose RMS level is below this many dB relative to full scale (e.g. -50); None keeps all."""
+    export_chunks: bool = False
+    """Also write every chunk as a 16-bit wav under chunks/<split>/<label>/ (as seed 001 did); by default chunks
+    are rows pointing into their source file (`path`, `start_s`, `end_s`)."""
     n_mfcc: int = 13
     """MFCC coefficients per frame (13 as in seed 001)."""
     n_mels: int = 64
@@ -67,14 +74,22 @@ class PreprocessConfig:
     """FFT size in samples."""
     hop_length: int = 160
     """Hop between frames in samples."""
+    f_min: float = 0.0
+    """Lowest frequency of the mel filterbank in Hz."""
+    f_max: float | None = None
+    """Highest frequency of the mel filterbank in Hz; None: half the sample rate."""
     top_db: float = 80.0
-    """Dynamic range kept by the dB conversion, below the loudest bin of each chunk."""
+    """Dynamic range kept by the dB conversion, below the loudest bin of each chunk (the dB floor)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where features are computed: `auto` uses a GPU when the worker sees one."""
     images: bool = True
-    """Write one spectrogram image per chunk under images/<label>/."""
-    image_feature: Literal["logmel", "mfcc"] = "logmel"
-    """Which feature the images show."""
+    """Write spectrogram images per chunk under images/<feature>/<split>/<label>/."""
+    image_features: list[Literal["logmel", "mfcc"]] = field(default_factory=lambda: ["logmel"])
+    """Which features get images (seed 000 drew mel spectrograms, seed 001 MFCCs)."""
     image_size: int = 128
-    """Height and width of each square image in pixels."""
+    """Height and width of each square image in pixels (seed 000: 288, ImageNet models: 224)."""
+    image_format: Literal["png", "jpeg"] = "png"
+    """PNG (lossless) or JPEG (quality 90, smaller; seed 001 saved JPEGs)."""
     colormap: str = "magma"
     """Matplotlib colormap name used as a lookup table."""
     workers: int = 2
@@ -224,6 +239,10 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         "data.split.val": 0 <= split.val < 1,
         "data.split.test": 0 <= split.test < 1 and split.val + split.test < 1,
         "preprocess.chunk_seconds": pre.chunk_seconds > 0,
+        "preprocess.hop_seconds": pre.hop_seconds is None or pre.hop_seconds > 0,
+        "preprocess.f_min": 0 <= pre.f_min < (pre.f_max or config.data.sample_rate / 2),
+        "preprocess.f_max": pre.f_max is None or pre.f_max <= config.data.sample_rate / 2,
+        "preprocess.image_features": bool(pre.image_features) or not pre.images,
         "preprocess.min_last_chunk": 0 < pre.min_last_chunk <= 1,
         "preprocess.n_mfcc": 0 < pre.n_mfcc <= pre.n_mels,
         "preprocess.hop_length": 0 < pre.hop_length <= pre.n_fft,
@@ -256,6 +275,10 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise ConfigError(f"{source}: '{key}' has an impossible value {value!r}")
+    if train.input == "images" and (not pre.images or train.feature not in pre.image_features):
+        raise ConfigError(f"{source}: 'train.input: images' with 'train.feature: {train.feature}' needs "
+                          f"'preprocess.images: true' and {train.feature!r} in 'preprocess.image_features' "
+                          f"(now {pre.image_features})")
     check_slurm(config.slurm, source)
 
 

@@ -20,7 +20,8 @@ class FeatureExtractor:
         self.config = config
         self.device = device
         self.mel = T.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels
+            sample_rate=sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+            f_min=config.f_min, f_max=config.f_max,
         ).to(device)
         self.dct = AF.create_dct(config.n_mfcc, config.n_mels, norm="ortho").to(device)
 

@@ -38,7 +38,12 @@ def render(features: torch.Tensor, size: int, colormap: str) -> np.ndarray:
     return colormap_table(colormap)[index]
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
+SUFFIXES = {"png": "png", "jpeg": "jpg"}
+
+
+def save(path: Path, image: np.ndarray, image_format: str) -> None:
+    """PNG with fast compression (the pixels are the same at any level), or JPEG at quality 90."""
     from pipeline.io import atomic_write
 
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    options = {"compress_level": 1} if image_format == "png" else {"quality": 90}
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format=image_format.upper(), **options))

@@ -6,6 +6,7 @@ None to run serially in the calling process (tests, debugging).
 
 from __future__ import annotations
 
+import csv
 import sys
 import time
 from collections import Counter
@@ -18,6 +19,8 @@ from pipeline.config import ExperimentConfig
 from pipeline.data.manifest import SourceFile, read_manifest
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.preprocess import shards
+from pipeline.preprocess.gallery import write_galleries
+from pipeline.preprocess.params import check_or_record
 from pipeline.preprocess.task import Task, run_task
 
 
@@ -33,6 +36,7 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
     manifest = run_dir / "manifest.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
+    check_or_record(config)
     tasks = make_tasks(read_manifest(manifest), config.preprocess.files_per_task)
     args = (config.preprocess, config.data.sample_rate, str(run_dir))
     started = time.perf_counter()
@@ -48,6 +52,8 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
             _progress(len(summaries), len(tasks))
     summaries.sort(key=lambda s: s["task_id"])
     summary = _write_index(run_dir / "features", summaries)
+    write_galleries(run_dir, _read_index(run_dir / "features"), config.preprocess.hop_length,
+                    config.data.sample_rate)
     summary["workers"] = config.preprocess.workers if executor is not None else 1
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["chunks_per_second"] = round(summary["chunks"] / max(summary["seconds"], 1e-9), 2)
@@ -77,7 +83,13 @@ def _write_index(features_dir: Path, summaries: list[dict]) -> dict:
     nodes = Counter(s.get("node", "unknown") for s in summaries)
     return {"tasks": len(summaries), "tasks_per_node": dict(sorted(nodes.items())),
             "files": sum(s["files"] for s in summaries), "chunks": len(index),
-            "chunks_per_split": per_split, "rejected_files": len(rejects), "labels": labels}
+            "chunks_per_split": per_split, "silent_chunks_dropped": sum(s.get("silent_chunks", 0) for s in summaries),
+            "rejected_files": len(rejects), "labels": labels}
+
+
+def _read_index(features_dir: Path) -> list[dict]:
+    with open(features_dir / "index.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _merge_stats(parts: list[dict]) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK_COLUMNS = ["path", "label", "split", "chunk", "start_s", "end_s", "image"]
+CHUNK_COLUMNS = ["path", "label", "split", "chunk", "start_s", "end_s", "image_logmel", "image_mfcc", "audio"]
+"""Columns of chunks.csv and index.csv; image and audio paths are relative to the run folder, empty when absent."""
 
 
 def shard_dir(features_dir: Path, task_id: int) -> Path:
@@ -36,7 +37,7 @@ def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray],
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array.astype(np.float16))
         with open(tmp / "chunks.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CHUNK_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=CHUNK_COLUMNS, restval="")
             writer.writeheader()
             writer.writerows(rows)
         (tmp / "summary.json").write_text(json.dumps(summary))

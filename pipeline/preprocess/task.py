@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.audio import AudioError, load_audio
+from pipeline.audio import AudioError, load_audio, save_wav
 from pipeline.config import PreprocessConfig
 from pipeline.data.manifest import SourceFile
 from pipeline.preprocess import images, shards
-from pipeline.preprocess.chunking import chunk_bounds, cut_chunks
+from pipeline.preprocess.chunking import Chunks, split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 
 
@@ -29,9 +29,11 @@ class Task:
     files: tuple[SourceFile, ...]
 
 
-def image_name(source: SourceFile, chunk: int) -> str:
+def chunk_name(source: SourceFile, chunk: int) -> str:
+    """File stem of a chunk's image or wav: the source's stem, a digest of its path (two sources may share a stem),
+    and the chunk's position."""
     digest = hashlib.sha1(source.path.encode()).hexdigest()[:8]
-    return f"{Path(source.path).stem}-{digest}-c{chunk:04d}.png"
+    return f"{Path(source.path).stem}-{digest}-c{chunk:04d}"
 
 
 def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: str) -> dict:
@@ -41,40 +43,61 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
     if shards.is_complete(features_dir, task.task_id):
         return shards.read_summary(features_dir, task.task_id)
     torch.set_num_threads(1)
-    extractor = FeatureExtractor(config, sample_rate)
-    chunk_len = round(config.chunk_seconds * sample_rate)
+    extractor = FeatureExtractor(config, sample_rate, feature_device(config.device))
     arrays: dict[str, list[np.ndarray]] = {}
-    rows, rejects = [], []
+    rows, rejects, silent = [], [], 0
     for source in task.files:
         try:
             samples = load_audio(source.path, sample_rate)
         except (AudioError, OSError) as err:
             rejects.append({"path": source.path, "reason": str(err)})
             continue
-        bounds = chunk_bounds(len(samples), chunk_len, config.last_chunk, config.min_last_chunk)
-        if not bounds:
+        chunks = split_into_chunks(samples, config, sample_rate)
+        silent += chunks.total - len(chunks.index)
+        if not chunks.index:
             seconds = len(samples) / sample_rate
-            rejects.append({"path": source.path, "reason": f"shorter than one chunk ({seconds:.2f} s)"})
+            reason = f"shorter than one chunk ({seconds:.2f} s)" if not chunks.total else \
+                f"all {chunks.total} chunks below the silence threshold ({config.silence_threshold_db} dBFS)"
+            rejects.append({"path": source.path, "reason": reason})
             continue
-        feats = extractor(torch.from_numpy(cut_chunks(samples, bounds, chunk_len)))
+        feats = extractor(torch.from_numpy(chunks.samples))
         for name, value in feats.items():
             arrays.setdefault(name, []).append(value.numpy())
-        pictures = images.render(feats[config.image_feature], config.image_size, config.colormap) \
-            if config.images else [None] * len(bounds)
-        for k, ((start, end), picture) in enumerate(zip(bounds, pictures, strict=True)):
-            image = ""
-            if picture is not None:
-                image = f"images/{source.split}/{source.label}/{image_name(source, k)}"
-                images.save_png(run / image, picture)
-            rows.append({"path": source.path, "label": source.label, "split": source.split, "chunk": k,
-                         "start_s": round(start / sample_rate, 4), "end_s": round(end / sample_rate, 4),
-                         "image": image})
+        rows += _write_chunk_files(run, source, chunks, feats, samples, config, sample_rate)
     stacked = {name: np.concatenate(parts) for name, parts in arrays.items()}
     summary = {"task_id": task.task_id, "node": node_name(), "files": len(task.files), "chunks": len(rows),
-               "rejects": rejects,
+               "silent_chunks": silent, "rejects": rejects,
                "train_stats": _train_stats(stacked, rows)}
     shards.write_shard(features_dir, task.task_id, stacked, rows, summary)
     return summary
+
+
+def _write_chunk_files(run: Path, source: SourceFile, chunks: Chunks, feats: dict[str, torch.Tensor],
+                       samples: np.ndarray, config: PreprocessConfig, sample_rate: int) -> list[dict]:
+    """Images (and chunk wavs, if asked) of one file's chunks; returns their rows for chunks.csv."""
+    rows = [{"path": source.path, "label": source.label, "split": source.split, "chunk": k,
+             "start_s": round(start / sample_rate, 4), "end_s": round(end / sample_rate, 4)}
+            for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
+    for feature in config.image_features if config.images else []:
+        pictures = images.render(feats[feature], config.image_size, config.colormap)
+        for row, picture in zip(rows, pictures, strict=True):
+            row[f"image_{feature}"] = relative = \
+                f"images/{feature}/{source.split}/{source.label}/{chunk_name(source, row['chunk'])}." \
+                + images.SUFFIXES[config.image_format]
+            images.save(run / relative, picture, config.image_format)
+    if config.export_chunks:
+        for row, (start, end) in zip(rows, chunks.bounds, strict=True):
+            row["audio"] = f"chunks/{source.split}/{source.label}/{chunk_name(source, row['chunk'])}.wav"
+            save_wav(run / row["audio"], samples[start:end], sample_rate)
+    return rows
+
+
+def feature_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("preprocess.device: cuda, but this Dask worker sees no GPU")
+    return requested
 
 
 def node_name() -> str:

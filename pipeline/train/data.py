@@ -71,16 +71,17 @@ def image_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 
 class SpectrogramImages(Dataset):
-    """The per-chunk PNGs of one split as [3, H, W] float tensors."""
+    """The per-chunk images of one feature and split as [3, H, W] float tensors."""
 
-    def __init__(self, run_dir: Path, split: str) -> None:
+    def __init__(self, run_dir: Path, split: str, feature: str) -> None:
         labels = read_labels(run_dir)
         rows = split_rows(run_dir, split)
-        missing = [r for r in rows if not r["image"]]
+        missing = [r for r in rows if not r.get(f"image_{feature}")]
         if missing:
-            raise ValueError(f"{Path(run_dir) / 'features' / 'index.csv'}: chunks without images (preprocess "
-                             f"with `preprocess.images: true` to train on images), e.g. {missing[0]['path']}")
-        self.paths = [Path(run_dir) / r["image"] for r in rows]
+            raise ValueError(f"{Path(run_dir) / 'features' / 'index.csv'}: chunks without {feature} images "
+                             f"(preprocess with `preprocess.images: true` and {feature} in "
+                             f"`preprocess.image_features` to train on them), e.g. {missing[0]['path']}")
+        self.paths = [Path(run_dir) / r[f"image_{feature}"] for r in rows]
         self.targets = torch.tensor([labels.index(r["label"]) for r in rows], dtype=torch.int64)
 
     def __len__(self) -> int:
@@ -95,6 +96,6 @@ class SpectrogramImages(Dataset):
 def build_dataset(run_dir: Path, input_kind: str, feature: str, split: str) -> tuple[Dataset, int]:
     """(dataset, input channels) of one split for `train.input`."""
     if input_kind == "images":
-        return SpectrogramImages(run_dir, split), 3
+        return SpectrogramImages(run_dir, split, feature), 3
     x, y, _ = load_split(run_dir, feature, split)
     return TensorDataset(x, y), 1

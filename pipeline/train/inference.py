@@ -18,7 +18,7 @@ from pipeline.audio import AudioError, load_audio
 from pipeline.config import ExperimentConfig, TrainConfig, build
 from pipeline.io import atomic_write_json
 from pipeline.preprocess import images
-from pipeline.preprocess.chunking import chunk_bounds, cut_chunks
+from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.train.data import build_dataset, image_tensor, normalise
 from pipeline.train.evaluation import evaluate
@@ -93,13 +93,14 @@ class ChunkInputs:
     def __call__(self, path: Path) -> torch.Tensor:
         pre = self.pre
         samples = load_audio(path, self.sample_rate)
-        chunk = round(pre.chunk_seconds * self.sample_rate)
-        bounds = chunk_bounds(len(samples), chunk, pre.last_chunk, pre.min_last_chunk)
-        if not bounds:
-            raise AudioError(f"{path}: shorter than one chunk ({len(samples) / self.sample_rate:.2f} s)")
-        features = self.extractor(torch.from_numpy(cut_chunks(samples, bounds, chunk)))
+        chunks = split_into_chunks(samples, pre, self.sample_rate)
+        if not chunks.index:
+            raise AudioError(f"{path}: shorter than one chunk ({len(samples) / self.sample_rate:.2f} s)"
+                             if not chunks.total else f"{path}: every chunk is below the silence threshold")
+        features = self.extractor(torch.from_numpy(chunks.samples))
         if self.stats is None:
-            return image_tensor(np.stack(images.render(features[pre.image_feature], pre.image_size, pre.colormap)))
+            pictures = images.render(features[self.train.feature], pre.image_size, pre.colormap)
+            return image_tensor(np.stack(pictures))
         stored = features[self.train.feature].half().float()  # the shards hold float16
         return normalise(stored, self.stats)
 

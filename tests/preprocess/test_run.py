@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.config import load_config
@@ -39,9 +40,10 @@ def test_serial_run_writes_shards_index_images_and_stats(tmp_path, speech_dir):
     shard = run / "features" / index[0]["shard"]
     mfcc = np.load(shard / "mfcc.npy")
     assert mfcc.shape[1:] == (13, 101)
-    image = Image.open(run / index[0]["image"])
-    assert image.size == (32, 32) and image.mode == "RGB"
-    assert index[0]["image"].startswith(f"images/{index[0]['split']}/{index[0]['label']}/")
+    image = Image.open(run / index[0]["image_logmel"])
+    assert image.size == (32, 32) and image.mode == "RGB" and image.format == "PNG"
+    assert index[0]["image_logmel"].startswith(f"images/logmel/{index[0]['split']}/{index[0]['label']}/")
+    assert index[0]["image_mfcc"] == index[0]["audio"] == ""  # not asked for
     stats = (run / "features" / "stats.json").read_text()
     assert '"logmel"' in stats and '"mfcc"' in stats
 
@@ -92,3 +94,33 @@ def test_bad_files_are_rejected_with_a_reason_and_left_untouched(tmp_path, speec
     assert summary["rejected_files"] == len(rejects)
     for name, content in bad.items():
         assert (data / "cs-m" / name).read_bytes() == content
+
+
+def test_both_images_as_jpeg_chunk_wavs_and_a_gallery_per_feature(tmp_path, speech_dir):
+    config = prepared(tmp_path, speech_dir, preprocess={"image_features": ["logmel", "mfcc"], "image_format": "jpeg",
+                                                        "export_chunks": True, "hop_seconds": 0.5})
+    preprocess(config)
+    run = Path(config.run_dir)
+    index = read_index(run)
+    row = index[1]
+    assert float(row["start_s"]) == 0.5 and float(row["end_s"]) == 1.5  # overlapping 1 s chunks every 0.5 s
+    for feature in ("logmel", "mfcc"):
+        assert row[f"image_{feature}"].startswith(f"images/{feature}/") and row[f"image_{feature}"].endswith(".jpg")
+        with Image.open(run / row[f"image_{feature}"]) as image:
+            assert image.format == "JPEG" and image.size == (32, 32)
+    import soundfile as sf
+
+    chunk, rate = sf.read(run / row["audio"], dtype="float32")
+    source, _ = sf.read(row["path"], dtype="float32", start=8000, stop=24000)
+    assert rate == 16000 and np.allclose(chunk, source, atol=1 / 32768)
+    for feature in ("logmel", "mfcc"):
+        with Image.open(run / "gallery" / f"{feature}.png") as gallery:
+            assert gallery.size[0] > 400 and len(np.unique(np.asarray(gallery.convert("L")))) > 50  # drawn, not blank
+
+
+def test_rerun_with_other_settings_is_refused_and_names_them(tmp_path, speech_dir):
+    config = prepared(tmp_path, speech_dir)
+    preprocess(config)
+    changed = load_config(tiny_experiment(tmp_path, speech_dir, preprocess={"n_mels": 40, "workers": 1}))
+    with pytest.raises(ValueError, match=r"made with other preprocessing settings \(n_mels: 32 -> 40\)"):
+        preprocess(changed)

@@ -4,16 +4,44 @@ import torch
 import torchaudio.transforms as T
 
 from pipeline.config import PreprocessConfig
-from pipeline.preprocess.chunking import chunk_bounds, cut_chunks
+from pipeline.preprocess.chunking import chunk_bounds, cut_chunks, split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.preprocess.images import colormap_table, render
 
 
 def test_chunk_bounds_drop_and_pad():
-    assert chunk_bounds(10, 4, "drop", 0.5) == [(0, 4), (4, 8)]
-    assert chunk_bounds(10, 4, "pad", 0.5) == [(0, 4), (4, 8), (8, 10)]
-    assert chunk_bounds(9, 4, "pad", 0.5) == [(0, 4), (4, 8)]  # 1 sample left is under half a chunk
-    assert chunk_bounds(3, 4, "drop", 0.5) == []
+    assert chunk_bounds(10, 4, 4, "drop", 0.5) == [(0, 4), (4, 8)]
+    assert chunk_bounds(10, 4, 4, "pad", 0.5) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_bounds(9, 4, 4, "pad", 0.5) == [(0, 4), (4, 8)]  # 1 sample left is under half a chunk
+    assert chunk_bounds(3, 4, 4, "drop", 0.5) == []
+    assert chunk_bounds(3, 4, 4, "pad", 0.5) == [(0, 3)]
+
+
+def test_overlapping_chunks_start_every_hop_and_pad_only_uncovered_samples():
+    assert chunk_bounds(10, 4, 2, "drop", 0.5) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert chunk_bounds(10, 4, 2, "pad", 0.25) == [(0, 4), (2, 6), (4, 8), (6, 10)]  # nothing left uncovered
+    assert chunk_bounds(11, 4, 3, "pad", 0.25) == [(0, 4), (3, 7), (6, 10), (9, 11)]  # sample 10 was uncovered
+
+
+def test_silent_chunks_are_dropped_and_keep_their_position():
+    rate = 100
+    loud = np.sin(np.arange(rate) * 0.3).astype(np.float32) * 0.5  # about -9 dBFS
+    quiet = loud * 1e-4  # about -89 dBFS
+    samples = np.concatenate([loud, quiet, loud])
+    config = PreprocessConfig(chunk_seconds=1.0, silence_threshold_db=-50.0)
+    chunks = split_into_chunks(samples, config, rate)
+    assert chunks.total == 3 and chunks.index == [0, 2] and chunks.bounds == [(0, 100), (200, 300)]
+    assert np.array_equal(chunks.samples[1], loud)
+    everything = split_into_chunks(samples, PreprocessConfig(chunk_seconds=1.0), rate)
+    assert everything.index == [0, 1, 2]
+
+
+def test_mel_band_limits_move_the_filterbank():
+    tone = torch.sin(2 * torch.pi * 3000 * torch.arange(16000) / 16000).unsqueeze(0)
+    wide = FeatureExtractor(PreprocessConfig(n_mels=32), 16000)(tone)["logmel"]
+    low = FeatureExtractor(PreprocessConfig(n_mels=32, f_max=2000.0), 16000)(tone)["logmel"]
+    # The 3 kHz tone is the loudest bin of the full band; under a 2 kHz ceiling it is out of every band.
+    assert wide.mean(dim=2).max() - low.mean(dim=2).max() > 20
 
 
 def test_cut_chunks_zero_pads_last():

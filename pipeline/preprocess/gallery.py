@@ -1,0 +1,58 @@
+"""One figure per feature with a panel per class, with axes and a colorbar: for people to look at what the model
+sees (seed 001 showed one MFCC plot per speaker). The per-chunk images stay axis-less, as the models train on them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_write
+
+AXIS_LABELS = {"logmel": ("mel band", "dB"), "mfcc": ("MFCC coefficient", "value")}
+
+
+def write_galleries(run_dir: Path, index: list[dict], hop_length: int, sample_rate: int) -> list[Path]:
+    """RUN_DIR/gallery/<feature>.png showing the first chunk of each class (from the training split if it has
+    one), read back from the shards so the figure shows exactly what was stored."""
+    run_dir = Path(run_dir)
+    first: dict[str, dict] = {}
+    for row in sorted(index, key=lambda r: r["split"] != "train"):
+        first.setdefault(row["label"], row)
+    written = []
+    for feature, (y_label, unit) in AXIS_LABELS.items():
+        examples = {label: _stored(run_dir, row, feature) for label, row in sorted(first.items())}
+        if not examples or any(x is None for x in examples.values()):
+            continue
+        path = run_dir / "gallery" / f"{feature}.png"
+        atomic_write(path, lambda tmp, f=feature, e=examples, y=y_label, u=unit:
+                     _draw(tmp, f, e, y, u, hop_length / sample_rate))
+        written.append(path)
+    return written
+
+
+def _stored(run_dir: Path, row: dict, feature: str) -> np.ndarray | None:
+    array = run_dir / "features" / row["shard"] / f"{feature}.npy"
+    return np.load(array, mmap_mode="r")[int(row["row"])].astype(np.float32) if array.is_file() else None
+
+
+def _draw(path: Path, feature: str, examples: dict[str, np.ndarray], y_label: str, unit: str, frame_s: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(examples))
+    rows = math.ceil(len(examples) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False, constrained_layout=True)
+    for ax, (label, x) in zip(axes.flat, examples.items(), strict=False):
+        shown = ax.imshow(x, origin="lower", aspect="auto", cmap="magma",
+                          extent=(0, x.shape[1] * frame_s, 0, x.shape[0]))
+        ax.set(title=label, xlabel="time (s)", ylabel=y_label)
+        fig.colorbar(shown, ax=ax, label=unit)
+    for ax in list(axes.flat)[len(examples):]:
+        ax.axis("off")
+    fig.suptitle(f"{feature}: first chunk of each class")
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
