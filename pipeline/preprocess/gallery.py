@@ -45,7 +45,8 @@ def _draw(path: Path, feature: str, examples: dict[str, np.ndarray], y_label: st
 
     columns = min(4, len(examples))
     rows = math.ceil(len(examples) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.97, bottom=0.15, top=0.82, wspace=0.45, hspace=0.5)
     for ax, (label, x) in zip(axes.flat, examples.items(), strict=False):
         shown = ax.imshow(x, origin="lower", aspect="auto", cmap="magma",
                           extent=(0, x.shape[1] * frame_s, 0, x.shape[0]))

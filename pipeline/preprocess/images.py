@@ -6,12 +6,11 @@ Drawing each image as a matplotlib figure (the seed method) spends most of its t
 
 from __future__ import annotations
 
+import io
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 
@@ -27,23 +26,38 @@ def colormap_table(name: str) -> np.ndarray:
     return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def render(features: torch.Tensor, size: int, colormap: str) -> np.ndarray:
-    """[n, bins, frames] -> [n, size, size, 3] uint8 images, low bins at the bottom, each scaled to its own range."""
-    x = features.float().unsqueeze(1)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+def colour_indices(features: torch.Tensor, size: int) -> np.ndarray:
+    """[n, bins, frames] -> [n, size, size] uint8 colormap indices, low bins at the bottom, each image scaled to its
+    own range. Scaling happens at feature resolution and the resize is Pillow's bilinear filter on uint8, which is
+    several times faster than interpolating floats at image resolution."""
+    x = features.float()
     low = x.amin(dim=(1, 2), keepdim=True)
     high = x.amax(dim=(1, 2), keepdim=True)
-    scaled = (x - low) / (high - low).clamp_min(1e-6)
-    index = (scaled.flip(1) * 255).round().to(torch.uint8).numpy()
-    return colormap_table(colormap)[index]
+    levels = ((x - low) / (high - low).clamp_min(1e-6) * 255).round().to(torch.uint8).flip(1).numpy()
+    return np.stack([np.asarray(Image.fromarray(level).resize((size, size), Image.BILINEAR)) for level in levels])
+
+
+def render(features: torch.Tensor, size: int, colormap: str) -> np.ndarray:
+    """[n, bins, frames] -> [n, size, size, 3] uint8 RGB images: the colour indices looked up in the table."""
+    return np.take(colormap_table(colormap), colour_indices(features, size), axis=0)
 
 
 SUFFIXES = {"png": "png", "jpeg": "jpg"}
 
 
-def save(path: Path, image: np.ndarray, image_format: str) -> None:
-    """PNG with fast compression (the pixels are the same at any level), or JPEG at quality 90."""
-    from pipeline.io import atomic_write
+def encode(indices: np.ndarray, colormap: str, image_format: str) -> bytes:
+    """One image file from its colour indices. PNG is stored with the colormap as its palette (decoded, the same RGB
+    pixels, at a third of the data to compress) and fast compression; JPEG (quality 90) needs RGB."""
+    image = Image.fromarray(indices, "L")
+    image.putpalette(_palette(colormap))  # turns the L image into a P image over the colormap
+    out = io.BytesIO()
+    if image_format == "png":
+        image.save(out, format="PNG", compress_level=1)
+    else:
+        image.convert("RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
 
-    options = {"compress_level": 1} if image_format == "png" else {"quality": 90}
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format=image_format.upper(), **options))
+
+@lru_cache(maxsize=8)
+def _palette(colormap: str) -> bytes:
+    return colormap_table(colormap).tobytes()

@@ -29,6 +29,15 @@ def is_complete(features_dir: Path, task_id: int) -> bool:
     return (shard_dir(features_dir, task_id) / "summary.json").is_file()
 
 
+def remove_partial(features_dir: Path) -> int:
+    """Delete the temporary folders of shards whose writer died (a killed worker or job): no rename will ever
+    complete them. Call it only while no task of this folder runs. Returns how many there were."""
+    partial = sorted(Path(features_dir).glob(".shard-*"))
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(partial)
+
+
 def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray], rows: list[dict],
                 summary: dict) -> Path:
     final = shard_dir(features_dir, task_id)
@@ -37,7 +46,7 @@ def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray],
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array.astype(np.float16))
         with open(tmp / "chunks.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CHUNK_COLUMNS, restval="")
+            writer = csv.DictWriter(f, fieldnames=CHUNK_COLUMNS, restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         (tmp / "summary.json").write_text(json.dumps(summary))

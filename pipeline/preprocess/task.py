@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from pipeline.audio import AudioError, load_audio, save_wav
+from pipeline.audio import AudioError, load_audio
 from pipeline.config import PreprocessConfig
 from pipeline.data.manifest import SourceFile
 from pipeline.preprocess import images, shards
-from pipeline.preprocess.chunking import Chunks, split_into_chunks
+from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 
 
@@ -31,21 +32,35 @@ class Task:
 
 def chunk_name(source: SourceFile, chunk: int) -> str:
     """File stem of a chunk's image or wav: the source's stem, a digest of its path (two sources may share a stem),
-    and the chunk's position."""
+    and the chunk's position. The stem is cut to STEM_BYTES (at a character boundary), so that a source name near the
+    255-byte limit of file names still gives images; the digest keeps cut names apart."""
     digest = hashlib.sha1(source.path.encode()).hexdigest()[:8]
-    return f"{Path(source.path).stem}-{digest}-c{chunk:04d}"
+    stem = Path(source.path).stem.encode()[:STEM_BYTES].decode(errors="ignore")
+    return f"{stem}-{digest}-c{chunk:04d}"
+
+
+STEM_BYTES = 120
+"""Longest source stem (UTF-8 bytes) in a chunk file name; with digest, position and suffix it stays under 255."""
+
+
+BATCH_CHUNKS = 256
+"""Chunks per feature/image batch: large enough to amortise per-call overheads, small enough for any worker."""
 
 
 def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: str) -> dict:
-    """Process every file of `task`; returns the shard summary (chunks written, rejects, train statistics)."""
+    """Process every file of `task`; returns the shard summary (chunks written, rejects, train statistics).
+
+    Chunks of all the task's files go through the features and images in batches. Images and chunk wavs are
+    written in place without a temporary name: the shard folder, renamed into place last, marks the task complete,
+    and a rerun redoes every file of an incomplete task, overwriting whatever a crash left half-written.
+    """
     run = Path(run_dir)
     features_dir = run / "features"
     if shards.is_complete(features_dir, task.task_id):
         return shards.read_summary(features_dir, task.task_id)
     torch.set_num_threads(1)
     extractor = FeatureExtractor(config, sample_rate, feature_device(config.device))
-    arrays: dict[str, list[np.ndarray]] = {}
-    rows, rejects, silent = [], [], 0
+    decoded, rejects, silent = [], [], 0
     for source in task.files:
         try:
             samples = load_audio(source.path, sample_rate)
@@ -60,36 +75,56 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
                 f"all {chunks.total} chunks below the silence threshold ({config.silence_threshold_db} dBFS)"
             rejects.append({"path": source.path, "reason": reason})
             continue
-        feats = extractor(torch.from_numpy(chunks.samples))
+        decoded.append((source, chunks, samples))
+    rows = [_row(source, k, start, end, sample_rate) for source, chunks, _ in decoded
+            for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
+    waveforms = np.concatenate([c.samples for _, c, _ in decoded]) if decoded else np.zeros((0, 1), np.float32)
+    parts: dict[str, list[np.ndarray]] = {}
+    for first in range(0, len(rows), BATCH_CHUNKS):
+        batch = rows[first:first + BATCH_CHUNKS]
+        feats = extractor(torch.from_numpy(waveforms[first:first + BATCH_CHUNKS]))
         for name, value in feats.items():
-            arrays.setdefault(name, []).append(value.numpy())
-        rows += _write_chunk_files(run, source, chunks, feats, samples, config, sample_rate)
-    stacked = {name: np.concatenate(parts) for name, parts in arrays.items()}
+            parts.setdefault(name, []).append(value.numpy())
+        _write_images(run, batch, feats, config)
+    if config.export_chunks:
+        _write_chunk_wavs(run, rows, decoded, sample_rate)
+    stacked = {name: np.concatenate(arrays) for name, arrays in parts.items()}
     summary = {"task_id": task.task_id, "node": node_name(), "files": len(task.files), "chunks": len(rows),
-               "silent_chunks": silent, "rejects": rejects,
-               "train_stats": _train_stats(stacked, rows)}
+               "silent_chunks": silent, "rejects": rejects, "train_stats": _train_stats(stacked, rows)}
     shards.write_shard(features_dir, task.task_id, stacked, rows, summary)
     return summary
 
 
-def _write_chunk_files(run: Path, source: SourceFile, chunks: Chunks, feats: dict[str, torch.Tensor],
-                       samples: np.ndarray, config: PreprocessConfig, sample_rate: int) -> list[dict]:
-    """Images (and chunk wavs, if asked) of one file's chunks; returns their rows for chunks.csv."""
-    rows = [{"path": source.path, "label": source.label, "split": source.split, "chunk": k,
-             "start_s": round(start / sample_rate, 4), "end_s": round(end / sample_rate, 4)}
-            for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
+def _row(source: SourceFile, k: int, start: int, end: int, sample_rate: int) -> dict:
+    return {"path": source.path, "label": source.label, "split": source.split, "chunk": k,
+            "start_s": round(start / sample_rate, 4), "end_s": round(end / sample_rate, 4),
+            "stem": chunk_name(source, k)}
+
+
+def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], config: PreprocessConfig) -> None:
+    """One image per chunk and feature; sets each row's image_<feature> path (relative to the run folder)."""
+    suffix = images.SUFFIXES[config.image_format]
     for feature in config.image_features if config.images else []:
-        pictures = images.render(feats[feature], config.image_size, config.colormap)
-        for row, picture in zip(rows, pictures, strict=True):
-            row[f"image_{feature}"] = relative = \
-                f"images/{feature}/{source.split}/{source.label}/{chunk_name(source, row['chunk'])}." \
-                + images.SUFFIXES[config.image_format]
-            images.save(run / relative, picture, config.image_format)
-    if config.export_chunks:
-        for row, (start, end) in zip(rows, chunks.bounds, strict=True):
-            row["audio"] = f"chunks/{source.split}/{source.label}/{chunk_name(source, row['chunk'])}.wav"
-            save_wav(run / row["audio"], samples[start:end], sample_rate)
-    return rows
+        indices = images.colour_indices(feats[feature], config.image_size)
+        for row, picture in zip(rows, indices, strict=True):
+            row[f"image_{feature}"] = f"images/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
+            _write_bytes(run / row[f"image_{feature}"], images.encode(picture, config.colormap, config.image_format))
+
+
+def _write_chunk_wavs(run: Path, rows: list[dict], decoded: list, sample_rate: int) -> None:
+    bounds = [(samples, start, end) for _, chunks, samples in decoded for start, end in chunks.bounds]
+    for row, (samples, start, end) in zip(rows, bounds, strict=True):
+        row["audio"] = f"chunks/{row['split']}/{row['label']}/{row['stem']}.wav"
+        (run / row["audio"]).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(run / row["audio"]), samples[start:end], sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def feature_device(requested: str) -> str:

@@ -73,3 +73,21 @@ def test_render_uses_the_colormap_table_with_low_bins_at_the_bottom():
     assert (image[0, 0, 0] == table[255]).all()
     with pytest.raises(ValueError, match="unknown matplotlib colormap 'nope'"):
         colormap_table("nope")
+
+
+def test_palette_png_decodes_to_the_rendered_pixels_and_jpeg_close_to_them():
+    import io
+
+    from PIL import Image
+
+    from pipeline.preprocess.images import colour_indices, encode
+
+    torch.manual_seed(1)
+    features = torch.randn(2, 64, 301).cumsum(2)
+    rgb = render(features, 224, "magma")
+    indices = colour_indices(features, 224)
+    with Image.open(io.BytesIO(encode(indices[0], "magma", "png"))) as png:
+        assert png.format == "PNG" and np.array_equal(np.asarray(png.convert("RGB")), rgb[0])
+    with Image.open(io.BytesIO(encode(indices[1], "magma", "jpeg"))) as jpeg:
+        decoded = np.asarray(jpeg.convert("RGB")).astype(int)
+        assert jpeg.format == "JPEG" and np.abs(decoded - rgb[1]).mean() < 4
