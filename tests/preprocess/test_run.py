@@ -41,7 +41,7 @@ def test_serial_run_writes_shards_index_images_and_stats(tmp_path, speech_dir):
     mfcc = np.load(shard / "mfcc.npy")
     assert mfcc.shape[1:] == (13, 101)
     image = Image.open(run / index[0]["image_logmel"])
-    assert image.size == (32, 32) and image.mode == "RGB" and image.format == "PNG"
+    assert image.size == (32, 32) and image.mode == "P" and image.format == "PNG"  # the colormap is its palette
     assert index[0]["image_logmel"].startswith(f"images/logmel/{index[0]['split']}/{index[0]['label']}/")
     assert index[0]["image_mfcc"] == index[0]["audio"] == ""  # not asked for
     stats = (run / "features" / "stats.json").read_text()
