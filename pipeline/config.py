@@ -37,18 +37,47 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["demo", "spoof", "folder", "csv"] = "folder"
+    source: Literal["demo", "spoof", "folder", "csv", "asvspoof"] = "folder"
     """`demo` builds the Fish Fillets speaker dataset into `root` if it is missing, `spoof` the natural vs
-    synthesized speech dataset; `folder` reads `root` as one sub-folder per class; `csv` reads `manifest`."""
+    synthesized speech dataset; `folder` reads `root` as one sub-folder per class; `csv` reads `manifest`;
+    `asvspoof` reads the ASVspoof 2019-style `protocol` and the audio in `root`."""
     root: str = "data/demo"
-    """Dataset folder: one sub-folder per class (`folder`, `demo`), or where `spoof` builds its files."""
+    """Dataset folder: one sub-folder per class (`folder`, `demo`), where `spoof` builds its files, or the folder
+    of `<FILE>.flac` (or `.wav`) files a protocol names (`asvspoof`)."""
     manifest: str | None = None
     """With `csv`: a CSV with columns path, label and optionally speaker and split (relative paths are
     relative to the CSV's folder)."""
+    protocol: str | None = None
+    """With `asvspoof`: the protocol file, one `SPEAKER FILE - SYSTEM KEY` line per utterance (KEY bonafide or
+    spoof is the label, SPEAKER the speaker for `split.by: speaker`), as the challenge ships it."""
     sample_rate: int = 16000
     """Every file is resampled to this rate, so a model cannot learn the recording rate instead of the class."""
     split: SplitConfig = field(default_factory=SplitConfig)
     """How source files are split into train / val / test."""
+
+
+@dataclass
+class DaskSlurmConfig:
+    """The SLURM jobs of `preprocess.cluster: slurm` (dask-jobqueue's SLURMCluster): each job runs Dask workers
+    that connect back to the scheduler in the `pipeline preprocess` process. Every value lands in an sbatch script,
+    so the strings are checked like those of `slurm:`."""
+
+    jobs: int = 2
+    """SLURM jobs to keep running; each one is resubmitted when its workers retire before the walltime."""
+    cores: int = 4
+    """CPU cores per job (`--cpus-per-task`), shared by its worker processes, one thread per core."""
+    processes: int = 4
+    """Dask worker processes per job; processes rather than threads because feature work holds the GIL."""
+    memory: str = "8GB"
+    """Memory per job (e.g. `8GB`, `16GiB`), split evenly between its worker processes."""
+    walltime: str = "01:00:00"
+    """Time limit of each job ([D-]HH:MM:SS); workers retire a little before it, so it never kills a task."""
+    partition: str | None = None
+    """Partition of the worker jobs; none: the cluster's default."""
+    account: str | None = None
+    """Account charged for the worker jobs; none: the user's default."""
+    extra_options: list[str] = field(default_factory=list)
+    """More sbatch options for the worker jobs, e.g. `--qos=high`."""
 
 
 @dataclass
@@ -99,6 +128,15 @@ class PreprocessConfig:
     slurm/preprocess.sbatch spreads the work over the nodes of its allocation)."""
     files_per_task: int = 64
     """Source files per Dask task (one feature shard each); large enough that scheduling overhead stays small."""
+    cluster: Literal["local", "slurm", "mpi"] = "local"
+    """Where the Dask workers come from: `local`, a LocalCluster of `workers` processes here; `slurm`, SLURM jobs
+    submitted by dask-jobqueue as `slurm_cluster` says; `mpi`, the ranks of an MPI launch (dask-mpi: rank 0 the
+    scheduler, rank 1 this pipeline, the others workers; see slurm/preprocess-mpi.sbatch). `scheduler_file` wins."""
+    slurm_cluster: DaskSlurmConfig = field(default_factory=DaskSlurmConfig)
+    """The worker jobs of `cluster: slurm`."""
+    interface: str | None = None
+    """Network interface the scheduler and workers of `cluster: slurm` or `mpi` listen on (e.g. `ib0`, `lo` on one
+    host); none: Dask's default, which may be one the compute nodes cannot reach."""
 
 
 @dataclass
@@ -248,6 +286,10 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         "preprocess.hop_length": 0 < pre.hop_length <= pre.n_fft,
         "preprocess.workers": pre.workers >= 1,
         "preprocess.files_per_task": pre.files_per_task >= 1,
+        "preprocess.slurm_cluster.jobs": pre.slurm_cluster.jobs >= 1,
+        "preprocess.slurm_cluster.cores": pre.slurm_cluster.cores >= 1,
+        "preprocess.slurm_cluster.processes": 1 <= pre.slurm_cluster.processes <= pre.slurm_cluster.cores,
+        "preprocess.slurm_cluster.walltime": (slurm_time_seconds(pre.slurm_cluster.walltime) or 0) >= 120,
         "preprocess.image_size": pre.image_size >= 8,
         "train.epochs": train.epochs >= 1,
         "train.batch_size": train.batch_size >= 1,
@@ -280,12 +322,38 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
                           f"'preprocess.images: true' and {train.feature!r} in 'preprocess.image_features' "
                           f"(now {pre.image_features})")
     check_slurm(config.slurm, source)
+    _check_dask_slurm(pre, source)
 
 
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 _SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}:\d{2}:\d{2}|\d+")
 _SLURM_MEMORY = re.compile(r"\d+[KMGT]?")
 _SLURM_OPTION = re.compile(r"--[a-z][a-z-]*(=[A-Za-z0-9_.,:@%/+=-]+)?")
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds of a SLURM time limit ([D-]HH:MM:SS, or minutes alone); None if it is not one."""
+    if not _SLURM_TIME.fullmatch(text):
+        return None
+    if text.isdigit():
+        return int(text) * 60
+    days, _, clock = text.rpartition("-")
+    hours, minutes, seconds = (int(part) for part in clock.split(":"))
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _check_dask_slurm(pre: PreprocessConfig, source: str) -> None:
+    """dask-jobqueue writes these into #SBATCH lines and the worker command of its job script: plain tokens only."""
+    jobs = pre.slurm_cluster
+    checks = [("slurm_cluster.partition", jobs.partition, _SLURM_NAME),
+              ("slurm_cluster.account", jobs.account, _SLURM_NAME),
+              ("slurm_cluster.memory", jobs.memory, re.compile(r"\d+(\.\d+)?[KMGT]i?B")),
+              ("interface", pre.interface, _SLURM_NAME)]
+    checks += [(f"slurm_cluster.extra_options[{i}]", option, _SLURM_OPTION)
+               for i, option in enumerate(jobs.extra_options)]
+    for key, value, pattern in checks:
+        if value is not None and not pattern.fullmatch(value):
+            raise ConfigError(f"{source}: 'preprocess.{key}' is not a valid value: {value!r}")
 
 
 def check_slurm(slurm: SlurmConfig, source: str) -> None:

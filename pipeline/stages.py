@@ -39,10 +39,11 @@ def preprocess_stage(config: ExperimentConfig) -> dict:
     from pipeline.preprocess.cluster import dask_executor
     from pipeline.preprocess.run import preprocess
 
-    with dask_executor(config.preprocess) as executor:
+    with dask_executor(config.preprocess, log_dir=Path(config.run_dir) / "slurm" / "logs") as executor:
         summary = preprocess(config, executor)
     print(f"preprocess: {summary['chunks']} chunks from {summary['files']} files in {summary['seconds']:.1f} s, "
-          f"{summary['rejected_files']} files rejected (features/rejects.csv)", flush=True)
+          f"{summary['rejected_files']} files rejected (reasons in "
+          f"{Path(config.run_dir) / 'features' / 'rejects.csv'})", flush=True)
     return summary
 
 

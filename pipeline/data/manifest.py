@@ -11,6 +11,12 @@ Where the rows come from (`manifest_for`):
   (`<root>/<class>/<speaker>/.../<file>`) has that first sub-folder's name as speaker, so a folder dataset can be
   split by speaker.
 - `csv`: a CSV file with columns `path` and `label`, optionally `speaker` and `split` (see `read_csv_sources`).
+- `asvspoof`: an ASVspoof 2019-style protocol file naming the files of the audio folder `root`, with their speaker
+  and bonafide/spoof key (see `pipeline.data.asvspoof`).
+
+A folder lists what is there, so an entry named like audio that is no readable file (a dangling link, a directory
+`x.wav`) is listed too and preprocessing rejects it with its reason. A CSV or protocol claims that its files exist,
+so one that does not is an error naming the line: the list and the data disagree, e.g. a wrong `root`.
 """
 
 from __future__ import annotations
@@ -37,13 +43,17 @@ class SourceFile:
 
 
 def discover(root: Path) -> dict[str, list[Path]]:
-    """Audio files under each class folder of `root`, sorted so that the split is reproducible."""
+    """Entries named like audio under each class folder of `root`, sorted so that the split is reproducible.
+
+    Not only regular files: a dangling link or a directory named `x.wav` is kept, so that preprocessing lists it in
+    rejects.csv with its reason instead of it silently missing from the dataset.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
     classes = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
         if files:
             classes[folder.name] = files
     if len(classes) < 2:
@@ -60,8 +70,13 @@ def speaker_of(path: Path, class_folder: Path) -> str:
 def folder_sources(root: Path) -> list[SourceFile]:
     """One row per audio file of a folder-per-class dataset, without a split yet."""
     root = Path(root)
-    return [SourceFile(str(path.resolve()), label, speaker_of(path, root / label), "")
+    return [SourceFile(str(_absolute(path)), label, speaker_of(path, root / label), "")
             for label, files in discover(root).items() for path in files]
+
+
+def _absolute(path: Path) -> Path:
+    """The resolved path; for a dangling link the link itself, since its target names nothing a reject could show."""
+    return path.resolve() if path.exists() else path.parent.resolve() / path.name
 
 
 def split_files(files: list[Path], split: SplitConfig, label: str) -> dict[Path, str]:
@@ -153,6 +168,12 @@ def build_manifest(root: Path, split: SplitConfig) -> list[SourceFile]:
 
 def manifest_for(config: DataConfig) -> list[SourceFile]:
     """The manifest of the data section of an experiment (the dataset itself must exist already)."""
+    if config.source == "asvspoof":
+        from pipeline.data.asvspoof import asvspoof_sources  # imported here: that module builds on SourceFile
+
+        if not config.protocol:
+            raise ValueError("data.source is asvspoof but data.protocol names no protocol file")
+        return assign_splits(asvspoof_sources(Path(config.protocol), Path(config.root)), config.split)
     if config.source != "csv":
         return build_manifest(Path(config.root), config.split)
     if not config.manifest:

@@ -1,40 +1,180 @@
-"""The Dask cluster the preprocessing runs on: a LocalCluster, or a running cluster found through its scheduler
-file (slurm/preprocess.sbatch starts one across the nodes of its allocation)."""
+"""Where the Dask workers of the preprocessing come from (`preprocess.cluster`), behind one executor interface.
+
+- `local`: a LocalCluster of worker processes on this machine;
+- `slurm`: dask-jobqueue's SLURMCluster, which submits SLURM jobs that each run worker processes and connect back
+  to a scheduler in this process;
+- `mpi`: dask-mpi inside one MPI launch (slurm/preprocess-mpi.sbatch): rank 0 runs the scheduler, rank 1 this
+  pipeline, every other rank a worker;
+- `scheduler_file` (wins over `cluster`): attach to a running cluster, as slurm/preprocess.sbatch starts one.
+
+Whatever the source, the stage gets a concurrent.futures Executor whose failed tasks are retried, so a worker that
+dies (killed, out of memory, a node lost) costs a redo of its tasks, not the run.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
-from pipeline.config import PreprocessConfig
+from pipeline.config import PreprocessConfig, slurm_time_seconds
 
 CONNECT_TIMEOUT_S = 300
 """How long to wait for a scheduler file and its workers: workers on other nodes can take a while to start."""
+RETRIES = 2
+"""Extra attempts of a task that raised; tasks lost with a dying worker are rescheduled by Dask itself."""
+JOB_NAME = "preprocess-dask"
+"""Job name of the worker jobs of `cluster: slurm` (what squeue shows)."""
 
 
 @contextlib.contextmanager
-def dask_executor(config: PreprocessConfig) -> Iterator[Executor]:
-    """Dask as a concurrent.futures executor whose failed tasks are retried (a worker that dies loses its tasks).
+def dask_executor(config: PreprocessConfig, log_dir: Path | None = None) -> Iterator[Executor]:
+    """Dask as a concurrent.futures executor, from the cluster `config` asks for.
 
-    The LocalCluster has `config.workers` single-threaded worker processes, because each task already keeps its
-    core busy (decode, FFT, PNG encoding), and processes rather than threads because much of that work holds the GIL.
+    `log_dir` is where the worker jobs of `cluster: slurm` write their logs (else the current directory).
     """
+    if config.scheduler_file:
+        source = _attached(config)
+    elif config.cluster == "slurm":
+        source = _slurm(config, log_dir)
+    elif config.cluster == "mpi":
+        source = _mpi(config)
+    else:
+        source = _local(config)
+    with source as executor:
+        yield executor
+
+
+@contextlib.contextmanager
+def _local(config: PreprocessConfig) -> Iterator[Executor]:
+    """`config.workers` single-threaded worker processes: each task already keeps its core busy (decode, FFT, PNG
+    encoding), and processes rather than threads because much of that work holds the GIL."""
     from dask.distributed import Client, LocalCluster
 
-    if config.scheduler_file:
-        with Client(scheduler_file=_wait_for(Path(config.scheduler_file)), timeout=CONNECT_TIMEOUT_S) as client:
-            client.wait_for_workers(config.workers, timeout=CONNECT_TIMEOUT_S)
-            print(f"dask: attached to {client.scheduler.address} with {len(client.scheduler_info()['workers'])} "
-                  f"workers, dashboard at {client.dashboard_link}", flush=True)
-            yield client.get_executor(retries=2)
-        return
-    with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      preload=[__name__]) as cluster, Client(cluster) as client:
         print(f"dask: {config.workers} workers, dashboard at {client.dashboard_link}", flush=True)
-        yield client.get_executor(retries=2)
+        yield client.get_executor(retries=RETRIES)
+
+
+def dask_setup(worker) -> None:
+    """Preload of the LocalCluster's worker processes. Ctrl-C on a terminal signals its whole process group, workers
+    included; they leave it to the pipeline process, which stops them as it exits, rather than each dying with a
+    traceback of its own."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _attached(config: PreprocessConfig) -> Iterator[Executor]:
+    from dask.distributed import Client
+
+    with Client(scheduler_file=_wait_for(Path(config.scheduler_file)), timeout=CONNECT_TIMEOUT_S) as client:
+        client.wait_for_workers(config.workers, timeout=CONNECT_TIMEOUT_S)
+        print(f"dask: attached to {client.scheduler.address} with {len(client.scheduler_info()['workers'])} "
+              f"workers, dashboard at {client.dashboard_link}", flush=True)
+        yield client.get_executor(retries=RETRIES)
+
+
+@contextlib.contextmanager
+def _slurm(config: PreprocessConfig, log_dir: Path | None) -> Iterator[Executor]:
+    """SLURM jobs of workers, kept at `slurm_cluster.jobs` (adaptive with minimum = maximum, so a job whose workers
+    retired before its walltime is replaced by a new one)."""
+    from dask.distributed import Client
+    from dask_jobqueue import SLURMCluster
+
+    jobs = config.slurm_cluster
+    lifetime, stagger = worker_lifetime(slurm_time_seconds(jobs.walltime) or 0)
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    with SLURMCluster(cores=jobs.cores, processes=jobs.processes, memory=jobs.memory, walltime=jobs.walltime,
+                      queue=jobs.partition, account=jobs.account, interface=config.interface, job_name=JOB_NAME,
+                      job_extra_directives=list(jobs.extra_options), python=sys.executable,
+                      log_directory=str(log_dir) if log_dir is not None else None,
+                      worker_extra_args=["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"],
+                      scheduler_options={"dashboard_address": ":0"}) as cluster:
+        script = "\n".join(f"dask:   | {line}" for line in cluster.job_script().splitlines())
+        print(f"dask: SLURMCluster, {jobs.jobs} jobs x {jobs.processes} worker processes; each job runs this "
+              f"script (sbatch):\n{script}", flush=True)
+        cluster.adapt(minimum_jobs=jobs.jobs, maximum_jobs=jobs.jobs)
+        with Client(cluster) as client:
+            print(f"dask: scheduler at {cluster.scheduler_address}, dashboard at {client.dashboard_link}",
+                  flush=True)
+            _wait_for_slurm_workers(client, cluster)
+            yield client.get_executor(retries=RETRIES)
+
+
+def worker_lifetime(walltime_s: int) -> tuple[int, int]:
+    """(`--lifetime`, `--lifetime-stagger`) in seconds for workers of jobs limited to `walltime_s`.
+
+    A worker past its lifetime retires gracefully (its tasks move elsewhere) and its job ends, so SLURM's walltime
+    never kills a worker in the middle of a task; the stagger spreads the retirements so that not every job
+    leaves at once. Worst case (lifetime + stagger) still leaves a tenth of the walltime, 1 to 10 minutes, to
+    retire in.
+    """
+    stagger = min(max(walltime_s // 20, 10), 300)
+    margin = min(max(walltime_s // 10, 60), 600)
+    lifetime = walltime_s - margin - stagger
+    if lifetime <= stagger:
+        raise ValueError(f"preprocess.slurm_cluster.walltime: {walltime_s} s leaves no time for a worker to run "
+                         "before it must retire; ask for at least 00:02:00")
+    return lifetime, stagger
+
+
+def _wait_for_slurm_workers(client, cluster) -> None:
+    """Return once one worker has connected: tasks start as workers arrive. A job that could not be submitted is
+    an error at once; jobs that pend in the queue are reported every minute (a busy cluster is no error)."""
+    started = time.monotonic()
+    last_report = started
+    while not client.scheduler_info(n_workers=1)["workers"]:
+        time.sleep(1)
+        job_ids = [job.job_id for job in cluster.workers.values() if getattr(job, "job_id", None)]
+        if not job_ids and time.monotonic() - started > 30:
+            raise RuntimeError("preprocess.cluster: slurm: no worker job was submitted within 30 s; the sbatch "
+                               "error is in the log above (check preprocess.slurm_cluster: partition, account, "
+                               "memory, cores)")
+        if time.monotonic() - last_report > 60:
+            last_report = time.monotonic()
+            states = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(job_ids)],
+                                    capture_output=True, text=True, check=False).stdout.strip()
+            print(f"dask: waiting for the worker jobs ({time.monotonic() - started:.0f} s): "
+                  f"{states.replace(chr(10), '; ') or 'not in squeue'}", flush=True)
+
+
+@contextlib.contextmanager
+def _mpi(config: PreprocessConfig) -> Iterator[Executor]:
+    """dask-mpi in one MPI launch. Only rank 1 goes on to run the stage: ranks 0 (scheduler) and 2+ (workers)
+    serve until rank 1 is done and then exit the process here, so every rank can run the same command."""
+    try:
+        import dask_mpi
+        from mpi4py import MPI
+    except ImportError as err:
+        raise RuntimeError(f"preprocess.cluster: mpi needs mpi4py, an MPI library and dask-mpi, which are not "
+                           f"installed here ({err}); install the extra: pip install -e '.[mpi]'") from err
+    from dask.distributed import Client
+
+    ranks = MPI.COMM_WORLD.Get_size()
+    if ranks < 3:
+        raise RuntimeError(f"preprocess.cluster: mpi needs at least 3 MPI ranks (scheduler, client, one worker), "
+                           f"got {ranks}; start it with mpirun -n N or srun inside an allocation "
+                           "(slurm/preprocess-mpi.sbatch)")
+    is_client = dask_mpi.initialize(interface=config.interface, nthreads=1, dashboard_address=":0", exit=False)
+    if not is_client:
+        sys.exit(0)
+    try:
+        with Client() as client:
+            client.wait_for_workers(ranks - 2, timeout=CONNECT_TIMEOUT_S)
+            print(f"dask: MPI, {ranks - 2} worker ranks, scheduler at {client.scheduler.address}, dashboard at "
+                  f"{client.dashboard_link}", flush=True)
+            yield client.get_executor(retries=RETRIES)
+    finally:
+        dask_mpi.send_close_signal()
 
 
 def _wait_for(scheduler_file: Path) -> str:

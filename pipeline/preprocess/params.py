@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.io import atomic_write_json
 
-EXECUTION_ONLY = {"workers", "scheduler_file", "cluster", "slurm_cluster", "device"}
+EXECUTION_ONLY = {"workers", "scheduler_file", "cluster", "slurm_cluster", "interface", "device"}
 """PreprocessConfig keys that do not change what is written."""
 
 

@@ -10,6 +10,7 @@ import csv
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Executor, as_completed
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.preprocess import shards
 from pipeline.preprocess.gallery import write_galleries
 from pipeline.preprocess.params import check_or_record
+from pipeline.preprocess.progress import Progress
 from pipeline.preprocess.task import Task, run_task
 
 
@@ -37,19 +39,21 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
     check_or_record(config)
+    features = run_dir / "features"
+    shards.remove_partial(features)
     tasks = make_tasks(read_manifest(manifest), config.preprocess.files_per_task)
-    args = (config.preprocess, config.data.sample_rate, str(run_dir))
+    complete = {task.task_id for task in tasks if shards.is_complete(features, task.task_id)}
+    pending = [task for task in tasks if task.task_id not in complete]
+    print(f"preprocess: {len(tasks)} tasks, {len(complete)} already complete, running {len(pending)}",
+          file=sys.stderr, flush=True)
     started = time.perf_counter()
-    summaries = []
-    if executor is None:
-        for task in tasks:
-            summaries.append(run_task(task, *args))
-            _progress(len(summaries), len(tasks))
-    else:
-        futures = [executor.submit(run_task, task, *args) for task in tasks]
-        for future in as_completed(futures):
-            summaries.append(future.result())
-            _progress(len(summaries), len(tasks))
+    progress = Progress(len(tasks), skipped=len(complete))
+    try:
+        summaries = [shards.read_summary(features, task_id) for task_id in sorted(complete)]
+        summaries += _run(pending, (config.preprocess, config.data.sample_rate, str(run_dir)), executor, progress)
+    finally:
+        progress.close()
+    shards.remove_partial(features)  # what attempts on workers that died left behind
     summaries.sort(key=lambda s: s["task_id"])
     summary = _write_index(run_dir / "features", summaries)
     write_galleries(run_dir, _read_index(run_dir / "features"), config.preprocess.hop_length,
@@ -61,10 +65,16 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
     return summary
 
 
-def _progress(done: int, total: int) -> None:
-    """One line per tenth of the tasks: readable on a terminal and in a SLURM log alike."""
-    if done == total or done * 10 // total != (done - 1) * 10 // total:
-        print(f"preprocess: {done}/{total} tasks", file=sys.stderr, flush=True)
+def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Progress) -> Iterator[dict]:
+    """The summaries of `tasks` in the order they finish: serially here without an executor, else all submitted at
+    once (a task whose worker dies is redone by Dask; one that raises is retried by the executor)."""
+    if executor is None:
+        results = (run_task(task, *args) for task in tasks)
+    else:
+        results = (f.result() for f in as_completed([executor.submit(run_task, task, *args) for task in tasks]))
+    for summary in results:
+        progress.update(summary["chunks"])
+        yield summary
 
 
 def _write_index(features_dir: Path, summaries: list[dict]) -> dict:

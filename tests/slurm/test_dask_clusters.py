@@ -1,0 +1,75 @@
+"""Dask workers from SLURM on the real local cluster: dask-jobqueue's worker jobs (`preprocess.cluster: slurm`) and
+dask-mpi in one batch job (slurm/preprocess-mpi.sbatch). Both must give exactly the outputs of a serial run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.slurm.jobs import FINISHED
+from tests.preprocess.compare import assert_same_outputs, prepared, serial_run
+from tests.preprocess.test_cluster import HAS_MPI, MPI_ENV
+from tests.slurm.conftest import ROOT, wait_for
+
+NODES = {"node1", "node2"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Path:
+    return serial_run(tmp_path_factory.mktemp("serial"), speech_dir)
+
+
+def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm_cluster, tmp_path, speech_dir,
+                                                                           reference):
+    config_path, config = prepared(tmp_path, speech_dir, cluster="slurm", interface="lo", slurm_cluster={
+        "jobs": 2, "cores": 1, "processes": 1, "memory": "1GB", "walltime": "00:10:00"})
+    result = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(config_path)], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # The job script is shown as submitted, workers retire before the walltime, and the dashboard is named.
+    assert "dask:   | #SBATCH -t 00:10:00" in result.stdout
+    assert "--lifetime 510s --lifetime-stagger 30s --interface lo" in result.stdout
+    assert "dashboard at http://" in result.stdout
+
+    run = Path(config.run_dir)
+    job_ids = {p.stem.rsplit("-", 1)[1] for p in (run / "slurm" / "logs").glob("preprocess-dask-*.err")}
+    assert len(job_ids) == 2, job_ids
+    summary = json.loads((run / "features" / "summary.json").read_text())
+    assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]  # every task ran in a SLURM job
+    assert_same_outputs(reference, run)
+    # Closing the cluster cancels its jobs rather than leaving them to run out their walltime.
+    wait_for(lambda: not _in_queue(job_ids), 60, "the worker jobs to leave the queue")
+
+
+@pytest.mark.skipif(not HAS_MPI, reason="the mpi extra is not installed (pip install -e '.[mpi]')")
+def test_dask_mpi_batch_job_across_two_nodes_gives_the_same_outputs_as_serial(slurm_cluster, tmp_path, speech_dir,
+                                                                              reference):
+    config_path, config = prepared(tmp_path, speech_dir)
+    log = tmp_path / "preprocess-mpi.out"
+    env = {**MPI_ENV, "CONFIG": str(config_path), "PYTHON": sys.executable, "INTERFACE": "lo"}
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=2", f"--output={log}",
+                          str(ROOT / "slurm" / "preprocess-mpi.sbatch")], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=True).stdout.strip().split(";")[0]
+    state = wait_for(lambda: _finished_state(job), 300, f"MPI job {job} to finish", every=2)
+    text = log.read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert "4 MPI ranks, 2 Dask workers" in text and "dask: MPI, 2 worker ranks" in text
+    summary = json.loads((Path(config.run_dir) / "features" / "summary.json").read_text())
+    assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
+    assert_same_outputs(reference, Path(config.run_dir))
+
+
+def _in_queue(job_ids: set[str]) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(sorted(job_ids))], capture_output=True,
+                         text=True, check=False).stdout
+    return [line for line in out.split() if line in job_ids]
+
+
+def _finished_state(job: str) -> str | None:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True,
+                         check=False).stdout.split()
+    return out[0] if out and out[0] in FINISHED else None
