@@ -149,3 +149,17 @@ def contention_caveat(meter: dict, threshold: float = 0.05) -> str | None:
             f"({meter['other_processes_cpu_s']} CPU s over {meter['wall_s']} s wall on {available_cores()} cores; "
             f"load average {meter['loadavg_before']} before, {meter['loadavg_after']} after). Absolute samples/s "
             f"may be lower than on an idle machine.")
+
+
+def write_result(out: Path, result: dict, notes: list[str], meter: dict, label: str, repeats: int) -> None:
+    """Add the contention caveat to `notes`, write `result` with them as JSON, and print where and the notes."""
+    from pipeline.io import atomic_write_json
+
+    caveat = contention_caveat(meter)
+    if caveat:
+        notes.append(caveat)
+    result["notes"] = notes
+    atomic_write_json(out, result)
+    print(f"{label}: {repeats} repeats in {meter['wall_s']:.0f} s -> {out}")
+    for note in notes:
+        print(f"- {note}")

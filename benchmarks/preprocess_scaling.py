@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import RESULTS, CpuMeter, contention_caveat, environment, now, spread
+from benchlib import RESULTS, CpuMeter, environment, now, spread, write_result
 from preprocess_vs_seed import (
     DEFAULT_DATA_ROOT,
     PIPELINE_PREPROCESS,
@@ -143,7 +143,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from pipeline.config import load_config
-    from pipeline.io import atomic_write_json
     from pipeline.stages import data_stage
 
     for name in THREAD_ENV:  # inherited by the worker processes (Dask also sets OMP/MKL/OpenBLAS to 1)
@@ -246,14 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     notes.append(
         f"On {cores} cores the client process (Dask scheduler, this script) shares the cores with the workers; at "
         f"{cores} workers it competes with them.")
-    caveat = contention_caveat(load)
-    if caveat:
-        notes.append(caveat)
-    result["notes"] = notes
-    atomic_write_json(args.out, result)
-    print(f"preprocess_scaling: {args.repeats} repeats in {load['wall_s']:.0f} s -> {args.out}")
-    for note in notes:
-        print(f"- {note}")
+    write_result(args.out, result, notes, load, "preprocess_scaling", args.repeats)
 
 
 if __name__ == "__main__":

@@ -317,10 +317,9 @@ def main(argv: list[str] | None = None) -> None:
         metadata.version("librosa")
     except metadata.PackageNotFoundError:
         sys.exit("librosa is missing: the seed method needs the bench extra (.venv/bin/pip install -e '.[bench]')")
-    from benchlib import CpuMeter, contention_caveat, environment, now, spread
+    from benchlib import CpuMeter, environment, now, spread, write_result
 
     from pipeline.config import load_config
-    from pipeline.io import atomic_write_json
     from pipeline.stages import data_stage
 
     core = args.core if args.core is not None else max(os.sched_getaffinity(0))
@@ -447,14 +446,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{gallery_s:.2f} s drawing the gallery figures (a fixed cost per run, whatever its size) and "
             f"{total_s - tasks_s - gallery_s:.2f} s for the rest (manifest, index, statistics). The fixed costs weigh "
             "less as runs grow: --files-per-speaker sets the run size.")
-    caveat = contention_caveat(load)
-    if caveat:
-        notes.append(caveat)
-    result["notes"] = notes
-    atomic_write_json(args.out, result)
-    print(f"preprocess_vs_seed: {len(repeats)} repeats in {load['wall_s']:.0f} s -> {args.out}")
-    for note in notes:
-        print(f"- {note}")
+    write_result(args.out, result, notes, load, "preprocess_vs_seed", len(repeats))
 
 
 if __name__ == "__main__":

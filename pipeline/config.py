@@ -351,9 +351,14 @@ def _check_dask_slurm(pre: PreprocessConfig, source: str) -> None:
               ("interface", pre.interface, _SLURM_NAME)]
     checks += [(f"slurm_cluster.extra_options[{i}]", option, _SLURM_OPTION)
                for i, option in enumerate(jobs.extra_options)]
+    _check_tokens(checks, source, "preprocess.", "value")
+
+
+def _check_tokens(checks: list[tuple[str, str | None, re.Pattern]], source: str, prefix: str, kind: str) -> None:
+    """Each (key, value, pattern): a set value must match its pattern whole."""
     for key, value, pattern in checks:
         if value is not None and not pattern.fullmatch(value):
-            raise ConfigError(f"{source}: 'preprocess.{key}' is not a valid value: {value!r}")
+            raise ConfigError(f"{source}: '{prefix}{key}' is not a valid {kind}: {value!r}")
 
 
 def check_slurm(slurm: SlurmConfig, source: str) -> None:
@@ -362,9 +367,7 @@ def check_slurm(slurm: SlurmConfig, source: str) -> None:
               ("memory", slurm.memory, _SLURM_MEMORY), ("time_preprocess", slurm.time_preprocess, _SLURM_TIME),
               ("time_train", slurm.time_train, _SLURM_TIME), ("time_report", slurm.time_report, _SLURM_TIME)]
     checks += [(f"extra_options[{i}]", option, _SLURM_OPTION) for i, option in enumerate(slurm.extra_options)]
-    for key, value, pattern in checks:
-        if value is not None and not pattern.fullmatch(value):
-            raise ConfigError(f"{source}: 'slurm.{key}' is not a valid sbatch value: {value!r}")
+    _check_tokens(checks, source, "slurm.", "sbatch value")
     if slurm.python is not None and any(c in slurm.python for c in "\n\r\0"):
         raise ConfigError(f"{source}: 'slurm.python' must be one path, got {slurm.python!r}")
 

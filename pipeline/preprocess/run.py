@@ -6,7 +6,6 @@ None to run serially in the calling process (tests, debugging).
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from collections import Counter
@@ -34,12 +33,12 @@ def make_tasks(files: list[SourceFile], files_per_task: int) -> list[Task]:
 def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> dict:
     """Run every incomplete task, then write features/index.csv, stats.json, labels.json and rejects.csv."""
     run_dir = Path(config.run_dir)
-    (run_dir / "features").mkdir(parents=True, exist_ok=True)
+    features = run_dir / "features"
+    features.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "manifest.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
     check_or_record(config)
-    features = run_dir / "features"
     shards.remove_partial(features)
     tasks = make_tasks(read_manifest(manifest), config.preprocess.files_per_task)
     complete = {task.task_id for task in tasks if shards.is_complete(features, task.task_id)}
@@ -55,13 +54,12 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
         progress.close()
     shards.remove_partial(features)  # what attempts on workers that died left behind
     summaries.sort(key=lambda s: s["task_id"])
-    summary = _write_index(run_dir / "features", summaries)
-    write_galleries(run_dir, _read_index(run_dir / "features"), config.preprocess.hop_length,
-                    config.data.sample_rate)
+    summary, index = _write_index(features, summaries)
+    write_galleries(run_dir, index, config.preprocess.hop_length, config.data.sample_rate)
     summary["workers"] = config.preprocess.workers if executor is not None else 1
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["chunks_per_second"] = round(summary["chunks"] / max(summary["seconds"], 1e-9), 2)
-    atomic_write_json(run_dir / "features" / "summary.json", summary)
+    atomic_write_json(features / "summary.json", summary)
     return summary
 
 
@@ -77,7 +75,8 @@ def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Pr
         yield summary
 
 
-def _write_index(features_dir: Path, summaries: list[dict]) -> dict:
+def _write_index(features_dir: Path, summaries: list[dict]) -> tuple[dict, list[dict]]:
+    """Write the run-wide files from the shards; returns the run summary and the index rows."""
     index, rejects = [], []
     for s in summaries:
         shard = shards.shard_dir(features_dir, s["task_id"])
@@ -91,15 +90,11 @@ def _write_index(features_dir: Path, summaries: list[dict]) -> dict:
     atomic_write_json(features_dir / "stats.json", _merge_stats([s["train_stats"] for s in summaries]))
     per_split = {split: sum(r["split"] == split for r in index) for split in ("train", "val", "test")}
     nodes = Counter(s.get("node", "unknown") for s in summaries)
-    return {"tasks": len(summaries), "tasks_per_node": dict(sorted(nodes.items())),
-            "files": sum(s["files"] for s in summaries), "chunks": len(index),
-            "chunks_per_split": per_split, "silent_chunks_dropped": sum(s.get("silent_chunks", 0) for s in summaries),
-            "rejected_files": len(rejects), "labels": labels}
-
-
-def _read_index(features_dir: Path) -> list[dict]:
-    with open(features_dir / "index.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    summary = {"tasks": len(summaries), "tasks_per_node": dict(sorted(nodes.items())),
+               "files": sum(s["files"] for s in summaries), "chunks": len(index), "chunks_per_split": per_split,
+               "silent_chunks_dropped": sum(s.get("silent_chunks", 0) for s in summaries),
+               "rejected_files": len(rejects), "labels": labels}
+    return summary, index
 
 
 def _merge_stats(parts: list[dict]) -> dict:

@@ -97,12 +97,12 @@ def _job(config: ExperimentConfig, stage: str, configuration: str | None, settin
 
 def render(template: str, directives: list[str], settings: dict[str, str], origin: str) -> str:
     """The template with its #SBATCH lines replaced by `directives`, its settings block by `settings`, and an
-    `origin` comment under the shebang."""
+    `origin` comment (one line) under the shebang."""
     lines = template.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
     start, body = lines.index(SETTINGS_MARK), lines.index(BODY_MARK)
     head = [line for line in lines[:start] if not line.startswith("#SBATCH")]
-    out = head[:1] + [origin.replace("\n", " ")] + head[1:first] + [f"#SBATCH {d}" for d in directives] + head[first:]
+    out = head[:1] + [origin] + head[1:first] + [f"#SBATCH {d}" for d in directives] + head[first:]
     out += [SETTINGS_MARK] + [f"{key}={shlex.quote(value)}" for key, value in settings.items()]
     return "\n".join(out + lines[body:]) + "\n"
 
