@@ -189,6 +189,10 @@ class TrainConfig:
     """Each entry is one configuration: the number of DDP ranks."""
     batch_sizes: list[int] = field(default_factory=list)
     """Batch sizes per rank to sweep, each crossed with every world size; empty: just `batch_size`."""
+    repeats: int = 1
+    """Times each configuration is trained; repeat k uses seed `seed + k - 1`, so the spread covers both the
+    machine's noise and the model's initialisation. The report gives the mean and a 95% confidence interval over
+    the repeats. Above 1, each repeat has its own folder `<configuration>-r<k>`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` uses one GPU per rank when there are enough, else CPU ranks with gloo."""
     threads_per_rank: int = 1
@@ -239,6 +243,16 @@ class SlurmConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What `pipeline report` adds to the measured figures."""
+
+    interconnect_gbit_s: float = 100.0
+    """Link bandwidth per GPU of the projection model (Gbit/s; 100 is one InfiniBand EDR port, 200 HDR)."""
+    projection_world_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
+    """World sizes the projection model extrapolates to, drawn dashed beside the measured points."""
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     """Short name of the experiment, shown in reports."""
@@ -249,6 +263,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Resources of the jobs `pipeline submit` sends to SLURM."""
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -296,6 +311,9 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         "train.lr": train.lr > 0,
         "train.world_sizes": bool(train.world_sizes) and all(n >= 1 for n in train.world_sizes),
         "train.batch_sizes": all(n >= 1 for n in train.batch_sizes),
+        "train.repeats": train.repeats >= 1,
+        "report.interconnect_gbit_s": config.report.interconnect_gbit_s > 0,
+        "report.projection_world_sizes": all(n >= 2 for n in config.report.projection_world_sizes),
         "train.threads_per_rank": train.threads_per_rank >= 1,
         "train.trainable_blocks": train.trainable_blocks >= 0,
         "train.dropout": 0 <= train.dropout < 1,
