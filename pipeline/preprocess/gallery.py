@@ -45,13 +45,18 @@ def _draw(path: Path, feature: str, examples: dict[str, np.ndarray], y_label: st
 
     columns = min(4, len(examples))
     rows = math.ceil(len(examples) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.97, bottom=0.15, top=0.82, wspace=0.45, hspace=0.5)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns + 1, 3 * rows), squeeze=False, sharey=True)
+    fig.subplots_adjust(left=0.07, right=0.88, bottom=0.15, top=0.82, wspace=0.12, hspace=0.5)
+    # One colour scale for all classes, so that panels compare directly (and one colorbar draws faster than many).
+    low = min(float(x.min()) for x in examples.values())
+    high = max(float(x.max()) for x in examples.values())
     for ax, (label, x) in zip(axes.flat, examples.items(), strict=False):
-        shown = ax.imshow(x, origin="lower", aspect="auto", cmap="magma",
+        shown = ax.imshow(x, origin="lower", aspect="auto", cmap="magma", vmin=low, vmax=high,
                           extent=(0, x.shape[1] * frame_s, 0, x.shape[0]))
-        ax.set(title=label, xlabel="time (s)", ylabel=y_label)
-        fig.colorbar(shown, ax=ax, label=unit)
+        ax.set(title=label, xlabel="time (s)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(y_label)
+    fig.colorbar(shown, ax=axes, label=unit, fraction=0.03, pad=0.02)
     for ax in list(axes.flat)[len(examples):]:
         ax.axis("off")
     fig.suptitle(f"{feature}: first chunk of each class")

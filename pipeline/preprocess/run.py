@@ -47,16 +47,19 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     progress = Progress(len(tasks), skipped=len(complete))
+    workers = _worker_count(executor)
     try:
         summaries = [shards.read_summary(features, task_id) for task_id in sorted(complete)]
-        summaries += _run(pending, (config.preprocess, config.data.sample_rate, str(run_dir)), executor, progress)
+        for summary in _run(pending, (config.preprocess, config.data.sample_rate, str(run_dir)), executor, progress):
+            summaries.append(summary)
+            workers = max(workers, _worker_count(executor))
     finally:
         progress.close()
     shards.remove_partial(features)  # what attempts on workers that died left behind
     summaries.sort(key=lambda s: s["task_id"])
     summary, index = _write_index(features, summaries)
     write_galleries(run_dir, index, config.preprocess.hop_length, config.data.sample_rate)
-    summary["workers"] = config.preprocess.workers if executor is not None else 1
+    summary["workers"] = workers
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["chunks_per_second"] = round(summary["chunks"] / max(summary["seconds"], 1e-9), 2)
     atomic_write_json(features / "summary.json", summary)
@@ -73,6 +76,16 @@ def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Pr
     for summary in results:
         progress.update(summary["chunks"])
         yield summary
+
+
+def _worker_count(executor: Executor | None) -> int:
+    """Dask workers connected now. SLURM jobs and MPI ranks join while tasks run, so the caller keeps the largest
+    count seen: the number of workers the run had at its peak."""
+    if executor is None:
+        return 1
+    client = getattr(executor, "_client", executor)  # Dask's ClientExecutor wraps its Client
+    info = getattr(client, "scheduler_info", None)
+    return len(info()["workers"]) if info else getattr(executor, "_max_workers", 1)  # else a process/thread pool
 
 
 def _write_index(features_dir: Path, summaries: list[dict]) -> tuple[dict, list[dict]]:

@@ -53,7 +53,8 @@ def test_dask_cluster_gives_the_same_outputs_as_serial(tmp_path, speech_dir):
     preprocess(serial)
     clustered = prepared(tmp_path / "b", speech_dir)
     with dask_executor(clustered.preprocess) as executor:
-        preprocess(clustered, executor)
+        summary = preprocess(clustered, executor)
+    assert summary["workers"] == clustered.preprocess.workers
     a, b = Path(serial.run_dir) / "features", Path(clustered.run_dir) / "features"
     assert (a / "index.csv").read_text() == (b / "index.csv").read_text()
     for shard in sorted(p.name for p in a.glob("shard-*")):

@@ -25,7 +25,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Pat
 
 def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm_cluster, tmp_path, speech_dir,
                                                                            reference):
-    config_path, config = prepared(tmp_path, speech_dir, cluster="slurm", interface="lo", slurm_cluster={
+    config_path, config = prepared(tmp_path, speech_dir, cluster="slurm", interface="lo", workers=5, slurm_cluster={
         "jobs": 2, "cores": 1, "processes": 1, "memory": "1GB", "walltime": "00:10:00"})
     result = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(config_path)], capture_output=True,
                             text=True, timeout=300, check=False)
@@ -40,6 +40,7 @@ def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm
     assert len(job_ids) == 2, job_ids
     summary = json.loads((run / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]  # every task ran in a SLURM job
+    assert 1 <= summary["workers"] <= 2  # the workers connected at the peak, not the configured local count
     assert_same_outputs(reference, run)
     # Closing the cluster cancels its jobs rather than leaving them to run out their walltime.
     wait_for(lambda: not _in_queue(job_ids), 60, "the worker jobs to leave the queue")
@@ -48,7 +49,7 @@ def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm
 @pytest.mark.skipif(not HAS_MPI, reason="the mpi extra is not installed (pip install -e '.[mpi]')")
 def test_dask_mpi_batch_job_across_two_nodes_gives_the_same_outputs_as_serial(slurm_cluster, tmp_path, speech_dir,
                                                                               reference):
-    config_path, config = prepared(tmp_path, speech_dir)
+    config_path, config = prepared(tmp_path, speech_dir, workers=5)  # not used by dask-mpi: ranks decide
     log = tmp_path / "preprocess-mpi.out"
     env = {**MPI_ENV, "CONFIG": str(config_path), "PYTHON": sys.executable, "INTERFACE": "lo"}
     job = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=2", f"--output={log}",
@@ -60,6 +61,7 @@ def test_dask_mpi_batch_job_across_two_nodes_gives_the_same_outputs_as_serial(sl
     assert "4 MPI ranks, 2 Dask workers" in text and "dask: MPI, 2 worker ranks" in text
     summary = json.loads((Path(config.run_dir) / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
+    assert summary["workers"] == 2
     assert_same_outputs(reference, Path(config.run_dir))
 
 
