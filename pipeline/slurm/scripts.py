@@ -45,14 +45,13 @@ def slurm_device(requested: str, slurm_gpus_per_node: int) -> str:
 
 
 def experiment_scripts(config: ExperimentConfig, config_path: Path, python: str) -> list[JobScript]:
-    """The preprocess job, one train job per configuration of the sweep, and the report job."""
+    """The preprocess job, one train job per run of the sweep (each repeat of a configuration is its own job, named
+    `train-<configuration>-r<k>`, so repeats queue and fail independently), and the report job."""
     check_run_dir(config.run_dir)
     logs = Path(config.run_dir) / "slurm" / "logs"
     settings = {"CONFIG": str(config_path), "PYTHON": python}
     slurm = config.slurm
-    jobs = [_job(config, "preprocess", None, settings, logs, [
-        f"--nodes={slurm.preprocess_nodes}", "--ntasks-per-node=1",
-        f"--cpus-per-task={slurm.preprocess_cpus_per_node}", f"--time={slurm.time_preprocess}"])]
+    jobs = [preprocess_job(config, settings, logs)]
     runs = plan(config, device_for=lambda requested, n: slurm_device(requested, slurm.gpus_per_node))
     for run in runs:
         jobs.append(_job(config, "train", run.name, {**settings, "CONFIGURATION": run.name}, logs,
@@ -60,6 +59,26 @@ def experiment_scripts(config: ExperimentConfig, config_path: Path, python: str)
     jobs.append(_job(config, "report", None, settings, logs, ["--nodes=1", "--ntasks-per-node=1",
                                                               "--cpus-per-task=1", f"--time={slurm.time_report}"]))
     return jobs
+
+
+PREPROCESS_TEMPLATES = {"local": "preprocess", "mpi": "preprocess-mpi", "slurm": "preprocess-jobqueue"}
+"""The preprocessing job's template for each `preprocess.cluster`: `local` becomes a Dask scheduler and one worker
+per CPU of the allocation's nodes, `mpi` one dask-mpi launch over its tasks, `slurm` a small job whose
+SLURMCluster submits the worker jobs."""
+
+
+def preprocess_job(config: ExperimentConfig, settings: dict[str, str], logs: Path) -> JobScript:
+    slurm, cluster = config.slurm, config.preprocess.cluster
+    if cluster == "slurm":
+        resources = ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"]
+    elif cluster == "mpi":  # every task is one MPI rank: the scheduler, the client and one worker each
+        resources = [f"--nodes={slurm.preprocess_nodes}", f"--ntasks-per-node={slurm.preprocess_cpus_per_node}",
+                     "--cpus-per-task=1"]
+    else:
+        resources = [f"--nodes={slurm.preprocess_nodes}", "--ntasks-per-node=1",
+                     f"--cpus-per-task={slurm.preprocess_cpus_per_node}"]
+    return _job(config, "preprocess", None, settings, logs, [*resources, f"--time={slurm.time_preprocess}"],
+                template=PREPROCESS_TEMPLATES[cluster])
 
 
 def train_resources(config: ExperimentConfig, run: TrainingRun) -> list[str]:
@@ -81,7 +100,7 @@ def train_resources(config: ExperimentConfig, run: TrainingRun) -> list[str]:
 
 
 def _job(config: ExperimentConfig, stage: str, configuration: str | None, settings: dict[str, str], logs: Path,
-         resources: list[str]) -> JobScript:
+         resources: list[str], template: str | None = None) -> JobScript:
     name = f"{stage}-{configuration}" if configuration else stage
     log = str(logs / f"{name}-%j.out")
     slurm = config.slurm
@@ -90,9 +109,10 @@ def _job(config: ExperimentConfig, stage: str, configuration: str | None, settin
     directives += [f"--account={slurm.account}"] if slurm.account else []
     directives += [f"--mem={slurm.memory}"] if slurm.memory else []
     directives += slurm.extra_options
-    template = (TEMPLATES / f"{stage}.sbatch").read_text()
-    origin = f"# Written by `pipeline submit` for experiment {config.name!r} from slurm/{stage}.sbatch."
-    return JobScript(stage, name, configuration, render(template, directives, settings, origin), log)
+    template = template or stage
+    origin = f"# Written by `pipeline submit` for experiment {config.name!r} from slurm/{template}.sbatch."
+    text = render((TEMPLATES / f"{template}.sbatch").read_text(), directives, settings, origin)
+    return JobScript(stage, name, configuration, text, log)
 
 
 def render(template: str, directives: list[str], settings: dict[str, str], origin: str) -> str:

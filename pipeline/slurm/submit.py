@@ -1,6 +1,6 @@
 """`pipeline submit`: a whole experiment as dependent jobs. Preprocessing first; one training job per configuration
-once it succeeded; the report once every training job has ended, however it ended (`afterany`), so a failed
-configuration still gets a report that names it.
+(per repeat with train.repeats) once it succeeded; the report once every training job has ended, however it ended
+(`afterany`), so a failed configuration still gets a report that names it.
 
 With plain sbatch rather than submitit: the scripts are the same a person submits by hand, which is what users
 read, diff and keep next to their results. Without SLURM the same scripts run here, one after the other.

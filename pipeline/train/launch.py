@@ -1,5 +1,5 @@
-"""The training stage: one job per configuration of the sweep (world sizes x batch sizes), launched with torchrun on
-this machine or with srun (one task per rank) inside a SLURM allocation."""
+"""The training stage: one job per configuration of the sweep (world sizes x batch sizes x repeats), launched with
+torchrun on this machine or with srun (one task per rank) inside a SLURM allocation."""
 
 from __future__ import annotations
 
@@ -24,29 +24,55 @@ RESTARTS_VARIABLE = "PIPELINE_RESTARTS"
 """How many times the launcher restarted this configuration; recorded in metrics.json."""
 
 
+REPEAT_SUFFIX = re.compile(r"-r(\d+)$")
+"""How a repeat's name ends: `ws2-cpu-bs32-r2` is repeat 2 of configuration `ws2-cpu-bs32`."""
+
+
+def split_repeat(name: str) -> tuple[str, int]:
+    """(configuration, k) of a run's name; k is 0 for a name without a repeat suffix."""
+    match = REPEAT_SUFFIX.search(name)
+    return (name[:match.start()], int(match[1])) if match else (name, 0)
+
+
 @dataclass(frozen=True)
 class TrainingRun:
     world_size: int
     device: str
     batch_size: int
+    repeat: int = 0
+    """k >= 1: repeat k of train.repeats, in its own folder; 0: the only run of its configuration (train.repeats 1),
+    whose name has no suffix, so runs made before repeats existed keep their folders."""
+
+    @property
+    def configuration(self) -> str:
+        """The name shared by all repeats: what the report aggregates over."""
+        return f"ws{self.world_size}-{self.device}-bs{self.batch_size}"
 
     @property
     def name(self) -> str:
-        return f"ws{self.world_size}-{self.device}-bs{self.batch_size}"
+        return f"{self.configuration}-r{self.repeat}" if self.repeat else self.configuration
 
     @classmethod
     def parse(cls, name: str, config: ExperimentConfig) -> TrainingRun:
-        """The configuration a name stands for; it must be one of the config's sweep."""
-        match = re.fullmatch(r"ws(\d+)-(cpu|cuda)-bs(\d+)", name)
+        """The run a name stands for; it must be one that `plan` makes for the config."""
+        match = re.fullmatch(r"ws(\d+)-(cpu|cuda)-bs(\d+)(?:-r(\d+))?", name)
         if not match:
-            raise ValueError(f"--configuration {name!r}: expected a name like ws2-cuda-bs32")
-        run = cls(int(match[1]), match[2], int(match[3]))
+            raise ValueError(f"--configuration {name!r}: expected a name like ws2-cuda-bs32 (or ws2-cuda-bs32-r1 "
+                             "with train.repeats above 1)")
+        run = cls(int(match[1]), match[2], int(match[3]), int(match[4] or 0))
         if run.world_size not in config.train.world_sizes:
             raise ValueError(f"--configuration {name!r}: world size {run.world_size} is not in train.world_sizes "
                              f"{config.train.world_sizes}")
         if run.batch_size not in batch_sizes(config):
             raise ValueError(f"--configuration {name!r}: batch size {run.batch_size} is not in the sweep "
                              f"{batch_sizes(config)} (train.batch_sizes, or train.batch_size)")
+        repeats = config.train.repeats
+        if repeats == 1 and match[4] is not None:
+            raise ValueError(f"--configuration {name!r}: train.repeats is 1, so names have no -r<k> suffix; "
+                             f"use {run.configuration}")
+        if repeats > 1 and not 1 <= run.repeat <= repeats:
+            raise ValueError(f"--configuration {name!r}: train.repeats is {repeats}, so name one repeat from "
+                             f"{run.configuration}-r1 to {run.configuration}-r{repeats}")
         return run
 
 
@@ -64,9 +90,11 @@ def pick_device(requested: str, world_size: int) -> str:
 
 
 def plan(config: ExperimentConfig, device_for=pick_device) -> list[TrainingRun]:
-    """Every configuration of the sweep; `device_for(train.device, world_size)` decides where each runs."""
-    return [TrainingRun(n, device_for(config.train.device, n), b)
-            for n in config.train.world_sizes for b in batch_sizes(config)]
+    """Every run of the sweep, the repeats of a configuration next to each other; `device_for(train.device,
+    world_size)` decides where each runs. With train.repeats 1 there is one run per configuration, without suffix."""
+    repeats = range(1, config.train.repeats + 1) if config.train.repeats > 1 else [0]
+    return [TrainingRun(n, device_for(config.train.device, n), b, k)
+            for n in config.train.world_sizes for b in batch_sizes(config) for k in repeats]
 
 
 def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, only: str | None = None,
@@ -105,6 +133,8 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
 def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str) -> list[str]:
     worker = ["-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out), "--device", run.device,
               "--batch-size", str(run.batch_size), "--resume"]
+    if run.repeat:
+        worker += ["--repeat", str(run.repeat)]
     if launcher == "srun":
         # One task per rank across the allocation's nodes; if one task fails, SLURM ends the others.
         return ["srun", f"--ntasks={run.world_size}", "--kill-on-bad-exit=1", sys.executable, *worker]

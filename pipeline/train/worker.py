@@ -39,12 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
     parser.add_argument("--batch-size", type=int, help="batch size per rank (default: train.batch_size)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="repeat k of train.repeats, trained with seed train.seed + k - 1 (0: no repeats)")
     args = parser.parse_args(argv)
     stop = StopFlag()
     stop.install()  # before anything slow, so an early signal is not fatal
     experiment = load_config(args.config)
     if args.batch_size:
         experiment.train.batch_size = args.batch_size
+    experiment.train.seed += max(args.repeat, 1) - 1  # model init and data order differ between repeats
     config = experiment.train
     distributed.require_backend(config.backend)
     env = distributed.from_environment()
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             if env.rank == 0:
                 _record_interruption(out, outcome, config.requeue)
             return
-        _finish(experiment, outcome, out, device, env, time.perf_counter() - started)
+        _finish(experiment, args.repeat, outcome, out, device, env, time.perf_counter() - started)
         if tensorboard is not None:
             tensorboard.close()
     finally:
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         gc.collect()
 
 
-def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: torch.device,
+def _finish(experiment: ExperimentConfig, repeat: int, outcome: Outcome, out: Path, device: torch.device,
             env: distributed.DistributedEnv, wall_s: float) -> None:
     """Test-set evaluation on all ranks; rank 0 writes the outputs."""
     config, progress = experiment.train, outcome.progress
@@ -111,6 +114,8 @@ def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: t
     atomic_write(out / "model.pt", lambda tmp: torch.save(model_state, tmp))
     steps = StepTimes(progress.step_times)
     steps_mean = {f"mean_{phase}": steps.mean(phase, steady_epochs) for phase in PHASES}
+    # What DDP all-reduces per optimizer step: one gradient per trainable parameter (the report's projection model).
+    trainable = [p for p in outcome.model.parameters() if p.requires_grad]
     metrics = {
         "world_size": world, "nodes": env.nodes, "device": device.type, "precision": outcome.details["precision"],
         "model": config.model, "input": config.input, "feature": config.feature, "init": outcome.details["init"],
@@ -119,7 +124,9 @@ def _finish(experiment: ExperimentConfig, outcome: Outcome, out: Path, device: t
         "epochs": config.epochs, "epochs_run": len(history), "stopped_early": progress.stopped_early,
         "lr": config.lr, "lr_effective": outcome.details["lr_effective"],
         "warmup_steps": outcome.details["warmup_steps"], "train_samples": outcome.details["train_samples"],
-        "steps_per_epoch": outcome.details["steps_per_epoch"],
+        "steps_per_epoch": outcome.details["steps_per_epoch"], "repeat": repeat, "seed": config.seed,
+        "parameters": sum(p.numel() for p in trainable),
+        "gradient_bytes": sum(p.numel() * p.element_size() for p in trainable),
         "samples_per_second": samples_per_second, "samples_per_second_per_rank": samples_per_second / world,
         **steps_mean, "peak_memory_bytes": int(peak.item()),
         "epoch_time_s": sum(h["epoch_time_s"] for h in steady) / len(steady),

@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config
+from pipeline.slurm import jobs
+from pipeline.slurm.jobs import JobRecord
 from pipeline.slurm.scripts import experiment_scripts
+from pipeline.train.launch import TrainingRun
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
@@ -46,6 +49,16 @@ def test_generated_scripts_match_the_golden_files(tmp_path):
             golden.write_text(text)
         assert text == golden.read_text(), f"{name} differs from {golden} (PIPELINE_UPDATE_GOLDEN=1 rewrites it)"
         assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0, name
+
+
+@pytest.mark.parametrize(("cluster", "golden"), [("mpi", "preprocess-mpi"), ("slurm", "preprocess-jobqueue")])
+def test_the_preprocessing_job_follows_preprocess_cluster(tmp_path, cluster, golden):
+    text = scripts_of(write_config(tmp_path, preprocess={"cluster": cluster}))["preprocess"]
+    path = GOLDEN / f"{golden}.sbatch"
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"{golden} differs from {path} (PIPELINE_UPDATE_GOLDEN=1 rewrites it)"
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
 def test_ranks_fill_nodes_of_gpus_evenly(tmp_path):
@@ -91,3 +104,24 @@ def test_hostile_values_reach_the_program_verbatim_and_run_nothing(tmp_path):
                     "ws2-cuda-bs32", "--launcher", "torchrun"]
     assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
     assert "#SBATCH --job-name=x___touch_PWNED__echo" in script
+
+
+def test_each_repeat_is_its_own_train_job_and_is_tracked_by_its_name(tmp_path):
+    config = load_config(write_config(tmp_path, run_dir=str(tmp_path / "run"),
+                                      train={"world_sizes": [1, 2], "repeats": 2}))
+    scripts = experiment_scripts(config, tmp_path / "run" / "config.yaml", "/opt/venv/bin/python")
+    train = [s for s in scripts if s.stage == "train"]
+    assert [s.name for s in train] == ["train-ws1-cuda-bs32-r1", "train-ws1-cuda-bs32-r2", "train-ws2-cuda-bs32-r1",
+                                       "train-ws2-cuda-bs32-r2"]
+    assert "CONFIGURATION=ws2-cuda-bs32-r2\n" in train[3].text
+    assert "#SBATCH --job-name=golden-train-ws2-cuda-bs32-r2\n" in train[3].text
+    assert [TrainingRun.parse(s.configuration, config).repeat for s in train] == [1, 2, 1, 2]
+    # The records `pipeline submit` keeps: a repeat without metrics.json is named on its own in status and report.
+    records = [JobRecord(s.stage, s.configuration, "local", "script", s.log, "FAILED", 1) for s in scripts]
+    (tmp_path / "run" / "configs" / "ws1-cuda-bs32-r1").mkdir(parents=True)
+    (tmp_path / "run" / "configs" / "ws1-cuda-bs32-r1" / "metrics.json").write_text("{}")
+    jobs.save(tmp_path / "run", "local", records)
+    assert [r["configuration"] for r in jobs.status_table(tmp_path / "run") if r["stage"] == "train"] == \
+        ["ws1-cuda-bs32-r1", "ws1-cuda-bs32-r2", "ws2-cuda-bs32-r1", "ws2-cuda-bs32-r2"]
+    assert [f["name"] for f in jobs.unfinished_configurations(tmp_path / "run")] == \
+        ["ws1-cuda-bs32-r2", "ws2-cuda-bs32-r1", "ws2-cuda-bs32-r2"]

@@ -8,7 +8,7 @@ from pipeline.preprocess.run import preprocess
 from pipeline.stages import data_stage
 from pipeline.train.distributed import from_environment, master_port_for
 from pipeline.train.environment import available_cores
-from pipeline.train.launch import TrainingRun, pick_device, plan, train_all
+from pipeline.train.launch import TrainingRun, launch_command, pick_device, plan, split_repeat, train_all
 from tests.conftest import tiny_experiment
 
 
@@ -50,3 +50,30 @@ def test_srun_step_variables_define_the_ranks():
     assert (ranks.rank, ranks.local_rank, ranks.world_size, ranks.local_world_size, ranks.nodes) == (3, 1, 4, 2, 2)
     assert ranks.launcher == "srun" and ranks.master_port == master_port_for("1234") != 29500
     assert ranks.master_addr == "gpu03"  # the step's first node, not the job's
+
+
+def test_repeats_add_a_numbered_run_per_configuration_and_parse_back(tmp_path):
+    config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [1, 2], "repeats": 2,
+                                                                     "device": "cpu"}))
+    runs = plan(config)
+    assert [r.name for r in runs] == ["ws1-cpu-bs8-r1", "ws1-cpu-bs8-r2", "ws2-cpu-bs8-r1", "ws2-cpu-bs8-r2"]
+    assert {r.configuration for r in runs} == {"ws1-cpu-bs8", "ws2-cpu-bs8"}
+    assert [TrainingRun.parse(r.name, config) for r in runs] == runs
+    for name, message in [("ws1-cpu-bs8-r3", "train.repeats is 2, so name one repeat from ws1-cpu-bs8-r1 to "
+                                             "ws1-cpu-bs8-r2"),
+                          ("ws1-cpu-bs8-r0", "train.repeats is 2"), ("ws1-cpu-bs8", "train.repeats is 2")]:
+        with pytest.raises(ValueError, match=message):
+            TrainingRun.parse(name, config)
+    command = launch_command(runs[1], tmp_path / "c.yaml", tmp_path / "out", "torchrun")
+    assert command[command.index("--repeat") + 1] == "2"
+
+
+def test_one_repeat_keeps_the_names_without_suffix(tmp_path):
+    config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [2], "device": "cpu"}))
+    (run,) = plan(config)
+    assert (run.name, run.repeat) == ("ws2-cpu-bs8", 0)
+    assert "--repeat" not in launch_command(run, tmp_path / "c.yaml", tmp_path / "out", "srun")
+    with pytest.raises(ValueError, match="train.repeats is 1, so names have no -r<k> suffix; use ws2-cpu-bs8"):
+        TrainingRun.parse("ws2-cpu-bs8-r1", config)
+    assert split_repeat("ws2-cpu-bs8") == ("ws2-cpu-bs8", 0)
+    assert split_repeat("ws2-cpu-bs8-r12") == ("ws2-cpu-bs8", 12)
