@@ -43,6 +43,7 @@ def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray],
     final = shard_dir(features_dir, task_id)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=features_dir))
     try:
+        os.chmod(tmp, Path(features_dir).stat().st_mode & 0o7777)  # mkdtemp's 0700 would hide it from the group
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array.astype(np.float16))
         with open(tmp / "chunks.csv", "w", newline="") as f:

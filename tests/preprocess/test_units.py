@@ -4,6 +4,7 @@ import torch
 import torchaudio.transforms as T
 
 from pipeline.config import PreprocessConfig
+from pipeline.preprocess import shards
 from pipeline.preprocess.chunking import chunk_bounds, cut_chunks, split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.preprocess.images import colormap_table, render
@@ -91,3 +92,12 @@ def test_palette_png_decodes_to_the_rendered_pixels_and_jpeg_close_to_them():
     with Image.open(io.BytesIO(encode(indices[1], "magma", "jpeg"))) as jpeg:
         decoded = np.asarray(jpeg.convert("RGB")).astype(int)
         assert jpeg.format == "JPEG" and np.abs(decoded - rgb[1]).mean() < 4
+
+
+def test_a_shard_folder_gets_the_permissions_of_the_features_folder(tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    features.chmod(0o2750)  # group-readable, setgid: as on a project's shared file system
+    rows = [{"path": "a.wav", "label": "x", "split": "train", "chunk": 0, "start_s": 0.0, "end_s": 1.0}]
+    shard = shards.write_shard(features, 3, {"logmel": np.zeros((1, 2, 3))}, rows, {"task_id": 3})
+    assert shard.stat().st_mode & 0o7777 == 0o2750
