@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Real speech for the demo and the tests (Fish Fillets voice actors), ffmpeg for formats libsndfile lacks;
-# text-to-speech engines and voices for the spoof dataset (pipeline/data/spoof.py, configs/spoof.yaml).
+# text-to-speech engines and voices for the spoof dataset (pipeline/data/spoof.py, configs/spoof.yaml);
+# headless Chromium for tests/report/test_browser.py, which checks that report.html shows its plots in a browser.
 APT_PACKAGES="fillets-ng-data-cs fillets-ng-data-nl ffmpeg
     espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-    festvox-czech-dita festvox-czech-machac festvox-czech-krb festvox-czech-ph"
+    festvox-czech-dita festvox-czech-machac festvox-czech-krb festvox-czech-ph
+    chromium"
 missing=""
 for package in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"

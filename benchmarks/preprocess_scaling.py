@@ -31,7 +31,8 @@ MFCC, both as 288 px PNG images; `--set preprocess.KEY=VALUE` changes one). Work
 efficiency is taken per repeat against the smallest count of the same repeat. Each measurement also records how much
 CPU other processes used meanwhile.
 
-Writes results/benchmarks/preprocess_scaling.json (see `--out`).
+Writes results/benchmarks/preprocess_scaling.json; `--out RUN_DIR/preprocess_scaling.json` writes it into a run
+folder instead, where `pipeline report RUN_DIR` draws it as the preprocessing scaling curve.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scratch run folder")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the pipeline's config, e.g. preprocess.image_format=jpeg")
-    parser.add_argument("--out", type=Path, default=RESULTS / "preprocess_scaling.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "preprocess_scaling.json",
+                        help="result JSON; RUN_DIR/preprocess_scaling.json puts the curve in that run's report")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.workers):
         parser.error("--workers: counts must be >= 1")

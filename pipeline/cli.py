@@ -102,9 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, help="also write the predictions to this CSV")
     predict.set_defaults(handler=_predict)
 
-    report = commands.add_parser("report", help="write report.md, scaling.csv and speedup.png of a run folder")
-    report.add_argument("run_dir", type=Path, help="run folder (run_dir of the experiment)")
-    report.set_defaults(handler=lambda args: _stages().report_stage(args.run_dir))
+    text = ("write the scaling report of a run folder (report.md, report.html, scaling.csv/json, figures), or with "
+            "two run folders their comparison (compare.md, compare.html, compare.csv, compare.png/svg)")
+    report = commands.add_parser("report", help=text, description=text)
+    report.add_argument("run_dir", type=Path, metavar="RUN_A", help="run folder (run_dir of the experiment)")
+    report.add_argument("other_run", type=Path, nargs="?", metavar="RUN_B",
+                        help="a second run folder to compare RUN_A with (B/A ratios: above 1 means RUN_B is faster)")
+    report.add_argument("--out", type=Path, metavar="DIR", help="folder of the comparison (only with RUN_B; default: "
+                        "RUN_B/compare-<name of RUN_A>)")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -130,6 +136,12 @@ def _stage(function: str):
         getattr(stages, function)(config, **kwargs)
 
     return handler
+
+
+def _report(args: argparse.Namespace) -> None:
+    if args.out is not None and args.other_run is None:
+        raise ValueError("--out needs a second run folder: a single run's report is written into the run folder")
+    _stages().report_stage(args.run_dir, args.other_run, args.out)
 
 
 def _submit(args: argparse.Namespace) -> None:

@@ -54,10 +54,16 @@ def train_stage(config: ExperimentConfig, force: bool = False, configuration: st
     return train_all(config, resolved_config_path(config), force=force, only=configuration, launcher=launcher)
 
 
-def report_stage(run_dir: Path) -> Path:
-    from pipeline.report.report import write_report
+def report_stage(run_dir: Path, other: Path | None = None, out: Path | None = None) -> Path:
+    """The scaling report of `run_dir`; given `other`, the comparison of the two runs instead (written to `out`)."""
+    if other is None:
+        from pipeline.report.report import write_report
 
-    path = write_report(run_dir)
+        path = write_report(run_dir)
+    else:
+        from pipeline.report.compare import write_comparison
+
+        path = write_comparison(run_dir, other, out)
     print(f"report: {path}", flush=True)
     return path
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pipeline.io import atomic_write, atomic_write_text
-from pipeline.report import plots
+from pipeline.io import atomic_write_text
+from pipeline.report import plots, sections
+from pipeline.report.aggregate import aggregate
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from pipeline.report.table import COLUMNS, add_derived, baseline_of, collect, write_scaling
+from pipeline.report.projection import report_config
+from pipeline.report.table import COLUMNS, add_derived, add_derived_repeats, cell, collect, write_scaling
 from pipeline.slurm.jobs import unfinished_configurations
 
 METHOD = [
@@ -26,23 +27,31 @@ METHOD = [
     "over the ranks.",
     "val/test acc: accuracy on chunks of held-out source files. wall s: the whole training job; device-hours: wall "
     "time x ranks.",
-    "Column meanings are also in scaling.json; scaling.csv has one row per configuration.",
+    "repeats: each configuration is trained train.repeats times, repeat k with seed seed + k - 1 in its own folder "
+    "configs/<name>-r<k>, so the spread covers the machine's noise and the model's initialisation and data order. "
+    "Each figure is the mean over the repeats; ± is the half-width of the two-sided 95% Student-t confidence "
+    "interval of that mean, t(0.975, n-1) x sample std / sqrt(n), which is wide for few repeats. The intervals of "
+    "speedup and efficiency combine the relative intervals of the two means to first order; a baseline's own "
+    "speedup, and any figure of a single run, has none.",
+    "Column meanings are also in scaling.json; scaling.csv has one row per configuration, scaling_repeats.csv one "
+    "row per repeat.",
 ]
 
 
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    rows, skipped = collect(run_dir)
+    runs, skipped = collect(run_dir)
     failed = unfinished_configurations(run_dir)
-    if not rows:
+    if not runs:
         names = "; ".join(f"{f['name']}: {f['reason']}" for f in failed)
         raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first"
                                 + (f". Submitted configurations without results: {names}" if failed else ""))
+    rows = aggregate(runs)
+    skipped = aggregate(skipped)  # one note per skipped configuration, not one per repeat
     add_derived(rows)
-    write_scaling(run_dir, rows)
-    for name, (draw, _) in plots.FIGURES.items():
-        for fmt in ("png", "svg"):
-            atomic_write(run_dir / f"{name}.{fmt}", lambda tmp, draw=draw, fmt=fmt: draw(rows, tmp, fmt))
+    add_derived_repeats(runs, rows)
+    write_scaling(run_dir, rows, runs)
+    plots.write_figures(plots.FigureData(rows, report_config(run_dir), run_dir))
     blocks = build(run_dir, rows, skipped, failed)
     atomic_write_text(run_dir / "report.md", to_markdown(blocks))
     atomic_write_text(run_dir / "report.html", to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
@@ -55,22 +64,25 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dic
                 f"{first['cpu_cores_available']} CPU cores available"
                 + (f", GPU {first['gpu_model']}" if "gpu_model" in first else "") + ". Versions: "
                 + ", ".join(f"{k} {v}" for k, v in first["versions"].items())
-                + f". Launcher: {first['launcher']}. Each figure is one training run per configuration (no repeats "
-                "yet), so differences of a few percent are within the noise of a shared machine.")
+                + f". Launcher: {first['launcher']}. " + _repeats_sentence(rows))
     blocks: list[Block] = [Heading(f"Scaling report: {run_dir.name}", 1), Paragraph(hardware)]
     if failed:
         blocks += [Heading("Configurations without results"),
                    Bullets([f"{f['name']}: {f['reason']}" for f in failed])]
+    shown = [(key, header) for key, header, _ in COLUMNS if not key.endswith("_ci95")]  # `cell` shows them as ±
     blocks += [Heading("Configurations"),
-                           Table([header for _, header, _ in COLUMNS],
-                                 [[_cell(row.get(key)) for key, _, _ in COLUMNS] for row in rows])]
-    blocks += [Figure(f"{name}.png", caption) for name, (_, caption) in plots.FIGURES.items()]
+               Table([header for _, header in shown], [[cell(row, key) for key, _ in shown] for row in rows])]
+    blocks += plots.figure_blocks(run_dir)
+    blocks += sections.gpu_vs_cpu_section(rows, run_dir) + sections.batch_accuracy_section(rows, run_dir)
+    blocks += sections.projection_section(rows, report_config(run_dir))
     blocks += [Heading("Test confusion matrices")]
-    blocks += [Figure(f"configs/{row['name']}/confusion_test.png", f"{row['name']}: rows are the true class")
-               for row in rows if (run_dir / "configs" / row["name"] / "confusion_test.png").exists()]
+    firsts = [row.get("repeat_names", [row["name"]])[0] for row in rows]  # a repeated configuration's first repeat
+    blocks += [Figure(f"configs/{name}/confusion_test.png", f"{name}: rows are the true class")
+               for name in firsts if (run_dir / "configs" / name / "confusion_test.png").exists()]
     blocks += [Heading("How this was measured"), Bullets(METHOD)]
-    blocks += [Heading("Read this before quoting the numbers"), Bullets(honesty_notes(rows, skipped))]
-    blocks += _preprocess_section(run_dir)
+    blocks += [Heading("Read this before quoting the numbers"),
+               Bullets(honesty_notes(rows, skipped) + sections.gpu_sharing_notes(rows))]
+    blocks += sections.preprocess_section(run_dir)
     return blocks
 
 
@@ -92,17 +104,7 @@ def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
             notes.append(f"{row['name']} oversubscribes the CPU: {row['world_size']} ranks x "
                          f"{row['threads_per_rank']} threads on {row['cpu_cores_available']} cores; its speedup "
                          "is bounded by the cores, not by the method.")
-    for row in rows:
-        if row["world_size"] > 1 and row["efficiency"] < 0.95:
-            base = baseline_of(rows, row)
-            parts = ", ".join(f"{label} {row[key]:.1f} vs {base[key]:.1f} ms" for key, label in
-                              [("forward_backward_ms", "forward+backward"), ("data_ms", "data wait"),
-                               ("optimizer_ms", "optimizer")])
-            notes.append(
-                f"{row['name']} reaches {row['efficiency']:.0%} efficiency. Its step takes {row['step_ms']:.1f} ms "
-                f"against {base['step_ms']:.1f} ms for {base['name']}: {parts}. The gradient all-reduce takes "
-                f"{row['allreduce_ms']:.1f} ms ({row['allreduce_ms'] / row['step_ms']:.0%} of the step, partly "
-                "hidden behind backward).")
+    notes += sections.explain_efficiency(rows)
     for row in rows:
         own = row["world_size"] * row["threads_per_rank"]
         load = row.get("load_average_1m")
@@ -115,24 +117,13 @@ def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
     return notes
 
 
-def _preprocess_section(run_dir: Path) -> list[Block]:
-    path = run_dir / "features" / "summary.json"
-    if not path.exists():
-        return []
-    s = json.loads(path.read_text())
-    split = s["chunks_per_split"]
-    return [Heading("Preprocessing"), Paragraph(
-        f"{s['files']} source files -> {s['chunks']} chunks (train/val/test {split['train']}/{split['val']}/"
-        f"{split['test']}, split by source file) in {s['seconds']:.1f} s ({s['chunks_per_second']:.1f} chunks/s, "
-        f"{s.get('workers', '?')} Dask workers); {s['rejected_files']} files rejected (listed in "
-        "features/rejects.csv).")]
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
+def _repeats_sentence(rows: list[dict]) -> str:
+    """How many runs each figure is the mean of, and what ± means."""
+    counts = sorted({row.get("repeats", 1) for row in rows})
+    if counts == [1]:
+        return ("Each figure is one training run per configuration (train.repeats 1, no confidence intervals), so "
+                "differences of a few percent are within the noise of a shared machine.")
+    many = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} (column repeats)"
+    return (f"Each figure is the mean of {many} training runs per configuration (train.repeats, each with its own "
+            "seed); ± is the half-width of the 95% confidence interval of that mean (Student t), and a figure "
+            "without ± comes from a single run.")

@@ -53,4 +53,6 @@ def describe_environment(device: torch.device, threads_per_rank: int, world_size
     if device.type == "cuda":
         record["gpu_model"] = torch.cuda.get_device_name(device)
         record["cuda"] = torch.version.cuda
+        # GPUs this rank can see: more ranks per node than this means ranks share a GPU, which the report flags.
+        record["gpu_count"] = torch.cuda.device_count()
     return record

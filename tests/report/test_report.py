@@ -2,32 +2,12 @@
 
 import csv
 import json
-from pathlib import Path
+
+import pytest
 
 from pipeline.report.report import honesty_notes, write_report
 from pipeline.report.table import add_derived
-
-
-def metrics(world_size: int, samples_per_second: float, step_s: float, allreduce_s: float, **extra) -> dict:
-    return {
-        "world_size": world_size, "device": "cpu", "model": "cnn", "feature": "logmel", "input": "features",
-        "init": "from scratch (no pretrained_weights)",
-        "batch_size_per_rank": 32, "global_batch_size": 32 * world_size, "epochs": 2,
-        "samples_per_second": samples_per_second, "mean_step_s": step_s, "mean_data_s": 0.001,
-        "mean_forward_backward_s": step_s - 0.011, "mean_optimizer_s": 0.01, "mean_allreduce_s": allreduce_s,
-        "peak_memory_bytes": 300 * 2**20, "nodes": 1, "precision": "fp32", "train_wall_s": 360.0,
-        "history": [{"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5}, {"epoch": 2, "train_loss": 0.5,
-                                                                          "val_accuracy": 0.9}],
-        "epoch_time_s": 1000 / samples_per_second, "final_val_accuracy": 0.9, "test_accuracy": 0.88,
-        "hostname": "host", "cpu_model": "Test CPU", "cpu_cores_available": 2, "threads_per_rank": 1,
-        "launcher": "torchrun", "oversubscribed": world_size > 2, "measured_at": "2026-11-22T00:00:00+00:00",
-        "versions": {"python": "3.11.7", "torch": "2.11.0"}, **extra,
-    }
-
-
-def record(run: Path, name: str, data: dict, kind: str = "metrics") -> None:
-    (run / "configs" / name).mkdir(parents=True)
-    (run / "configs" / name / f"{kind}.json").write_text(json.dumps(data))
+from tests.report.fixtures import metrics, record
 
 
 def test_speedup_efficiency_and_honesty_notes(tmp_path):
@@ -45,17 +25,19 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
         in report
     assert float(rows["ws4-cpu-bs32"]["device_hours"]) == 0.4  # 360 s x 4 ranks
     assert "ws4-cpu-bs32 oversubscribes the CPU: 4 ranks x 1 threads on 2 cores" in report
-    assert ("ws2-cpu-bs32 reaches 75% efficiency. Its step takes 420.0 ms against 320.0 ms for ws1-cpu-bs32: "
-            "forward+backward 409.0 vs 309.0 ms, data wait 1.0 vs 1.0 ms, optimizer 10.0 vs 10.0 ms. "
-            "The gradient all-reduce takes 120.0 ms (29% of the step") in report
+    assert ("ws2-cpu-bs32 reaches 75% efficiency. The all-reduce is 29% of the step at 2 CPU ranks (120.0 of "
+            "420.0 ms, launch to completion; it overlaps backward, so not all of it is lost). The step grew from "
+            "320.0 ms at 1 CPU rank to 420.0 ms, mostly in forward+backward (+100.0 ms).") in report
     assert "ws8-cpu-bs32 was not run: needs 8 cores, the machine gives 2." in report
     assert "CPU processes, not GPUs" in report
+    assert "Each figure is one training run per configuration (train.repeats 1" in report
+    assert not [line for line in report.splitlines() if line.startswith("| ws") and "±" in line]
     for name in ("speedup", "step_split", "curves"):
         for fmt in ("png", "svg"):
             assert (tmp_path / f"{name}.{fmt}").stat().st_size > 5000, name
         assert "![" in report and f"]({name}.png)" in report
     page = (tmp_path / "report.html").read_text()
-    assert page.count("src='data:image/png;base64,") == 3 and "ws8-cpu-bs32 was not run" in page
+    assert page.count("src='data:image/png;base64,") == 4 and "ws8-cpu-bs32 was not run" in page
     scaling = json.loads((tmp_path / "scaling.json").read_text())
     assert set(scaling["columns"]) == set(rows["ws1-cpu-bs32"])
     assert [c["speedup"] for c in scaling["configurations"]] == [1.0, 1.5, 1.6]
@@ -68,3 +50,32 @@ def test_a_busy_machine_is_named_in_the_notes():
     notes = honesty_notes(rows, [])
     assert any(n.startswith("ws2-cpu-bs32 shared the machine: the load average was 3.9") for n in notes)
     assert not any(n.startswith("ws1-cpu-bs32 shared") for n in notes)
+
+
+def test_repeats_are_reported_as_mean_plus_minus_interval_and_listed_one_by_one(tmp_path):
+    for k, (one, two) in enumerate([(100.0, 150.0), (110.0, 160.0), (120.0, 170.0)], start=1):
+        record(tmp_path, f"ws1-cpu-bs32-r{k}", metrics(1, one, 0.32, 0.01, seed=k - 1, repeat=k))
+        record(tmp_path, f"ws2-cpu-bs32-r{k}", metrics(2, two, 0.42, 0.12, seed=k - 1, repeat=k))
+    for k in (1, 2, 3):
+        record(tmp_path, f"ws8-cpu-bs32-r{k}", {"world_size": 8, "reason": "needs 8 cores"}, "skipped")
+    report = write_report(tmp_path).read_text()
+    assert "Each figure is the mean of 3 training runs per configuration" in report
+    assert "± is the half-width of the 95% confidence interval" in report
+    assert "| ws1-cpu-bs32 |" in report and "-r1 |" not in report
+    assert "| 3 | 110.0 ± 24.8 |" in report  # repeats, then samples/s
+    assert "| 3 | 160.0 ± 24.8 |" in report
+    assert report.count("ws8-cpu-bs32 was not run: needs 8 cores.") == 1
+    with open(tmp_path / "scaling.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"ws1-cpu-bs32", "ws2-cpu-bs32"}
+    assert float(rows["ws1-cpu-bs32"]["samples_per_second_ci95"]) == pytest.approx(24.84, abs=0.01)
+    assert float(rows["ws2-cpu-bs32"]["speedup"]) == pytest.approx(160 / 110)
+    assert float(rows["ws2-cpu-bs32"]["speedup_ci95"]) > 0
+    with open(tmp_path / "scaling_repeats.csv", newline="") as f:
+        repeats = list(csv.DictReader(f))
+    assert [r["name"] for r in repeats] == [f"ws{n}-cpu-bs32-r{k}" for n in (1, 2) for k in (1, 2, 3)]
+    assert list(repeats[0]) == list(rows["ws1-cpu-bs32"])
+    assert [float(r["samples_per_second"]) for r in repeats[3:]] == [150.0, 160.0, 170.0]
+    assert float(repeats[3]["speedup"]) == pytest.approx(150 / 110)  # against the baseline's mean
+    assert all(r["repeats"] == "1" and r["samples_per_second_ci95"] == "" for r in repeats)
+

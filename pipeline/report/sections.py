@@ -1,0 +1,276 @@
+"""Report sections beyond the configurations table: GPU vs CPU, batch size vs accuracy, the projection model,
+preprocessing, and the notes that say why a configuration's numbers are what they are.
+
+Each section is a list of document blocks and is empty when the run has nothing for it (one device only, one batch
+size, no preprocessing summary). Means are written `mean ± half-width of the 95% CI` wherever the rows carry
+`<key>_ci95` (configurations repeated with `train.repeats`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import ReportConfig
+from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
+from pipeline.report.projection import Projection, project
+from pipeline.report.table import cell
+
+GPU_VS_CPU_FIGURE = "gpu_vs_cpu"
+BATCH_ACCURACY_FIGURE = "batch_accuracy"
+PREPROCESS_FIGURE = "preprocess_scaling"
+SECTION_FIGURES = {GPU_VS_CPU_FIGURE, BATCH_ACCURACY_FIGURE, PREPROCESS_FIGURE}
+"""Figures (plots.FIGURES names) shown inside their section rather than with the scaling figures."""
+
+EXPLAIN_BELOW = 0.95
+"""Efficiency under which a configuration's loss is explained from its step split."""
+
+SPLIT = [("forward_backward_ms", "forward+backward"), ("data_ms", "data wait"), ("optimizer_ms", "optimizer")]
+SCALING_BENCHMARK = "benchmarks/preprocess_scaling.py"
+
+
+def _ranks(n: int, device: str) -> str:
+    unit = "GPU" if device == "cuda" else "CPU rank"
+    return f"{n} {unit}{'s' * (n != 1)}"
+
+
+def _figure(run_dir: Path, name: str, caption: str) -> list[Block]:
+    """The figure's block when plots.write_figures drew it (a section may have a table but no figure file yet)."""
+    return [Figure(f"{name}.png", caption)] if (Path(run_dir) / f"{name}.png").is_file() else []
+
+
+def _repeats_phrase(rows: list[dict]) -> str:
+    repeats = sorted({r.get("repeats", 1) for r in rows})
+    if repeats == [1]:
+        return "One run per configuration, so no confidence intervals."
+    return (f"Mean ± half-width of the 95% confidence interval over {'/'.join(map(str, repeats))} repeats per "
+            "configuration.")
+
+
+def gpu_vs_cpu_section(rows: list[dict], run_dir: Path) -> list[Block]:
+    """Seed 000's Table 1 layout: a row per device (and configuration) with its step and epoch time; only when both
+    devices were measured."""
+    if not {"cpu", "cuda"} <= {r["device"] for r in rows}:
+        return []
+    ordered = sorted(rows, key=lambda r: (r["world_size"], r["batch_size_per_rank"], r["device"]))
+    table = Table(["device", "ranks", "batch/rank", "step ms", "epoch s", "samples/s"],
+                  [[r["device"], str(r["world_size"]), str(r["batch_size_per_rank"]), cell(r, "step_ms"),
+                    cell(r, "epoch_time_s"), cell(r, "samples_per_second")] for r in ordered])
+    pairs = []
+    for row in ordered:
+        if row["device"] != "cuda":
+            continue
+        cpu = next((r for r in rows if r["device"] == "cpu" and r["world_size"] == row["world_size"]
+                    and r["batch_size_per_rank"] == row["batch_size_per_rank"]), None)
+        if cpu:
+            n = row["world_size"]
+            pairs.append(f"{n} rank{'s' * (n != 1)}, batch {row['batch_size_per_rank']}/rank: an epoch takes "
+                         f"{row['epoch_time_s']:.2f} s on the GPU against {cpu['epoch_time_s']:.2f} s on the CPU "
+                         f"({cpu['epoch_time_s'] / row['epoch_time_s']:.1f}x), a step {row['step_ms']:.1f} against "
+                         f"{cpu['step_ms']:.1f} ms.")
+    blocks: list[Block] = [Heading("GPU vs CPU"), Paragraph(
+        "The same model and batch per rank on each device. " + _repeats_phrase(rows)), table]
+    if pairs:
+        blocks.append(Bullets(pairs))
+    return blocks + _figure(run_dir, GPU_VS_CPU_FIGURE, "Step and epoch time on GPU and CPU")
+
+
+def batch_accuracy_section(rows: list[dict], run_dir: Path) -> list[Block]:
+    """Seed 000's Table 2 layout: batch size -> validation accuracy; only with two batch sizes or more."""
+    if len({r["batch_size_per_rank"] for r in rows}) < 2:
+        return []
+    ordered = sorted(rows, key=lambda r: (r["device"], r["world_size"], r["batch_size_per_rank"]))
+    has_test = any(r.get("test_accuracy") is not None for r in rows)
+    headers = ["batch/rank", "global batch", "device", "ranks", "val acc"] + ["test acc"] * has_test
+    table_rows = []
+    for r in ordered:
+        cells = [str(r["batch_size_per_rank"]), str(r["global_batch_size"]), r["device"], str(r["world_size"]),
+                 cell(r, "final_val_accuracy")]
+        if has_test:
+            cells.append(cell(r, "test_accuracy"))
+        table_rows.append(cells)
+    return [Heading("Batch size vs accuracy"),
+            Paragraph("Validation accuracy after the last epoch for each batch size per rank; the learning rate is "
+                      "the same for all of them unless the config scales it. " + _repeats_phrase(rows)),
+            Table(headers, table_rows),
+            *_figure(run_dir, BATCH_ACCURACY_FIGURE, "Batch size vs validation accuracy")]
+
+
+def projection_section(rows: list[dict], report: ReportConfig) -> list[Block]:
+    """The projection model's efficiency at `report.projection_world_sizes`, and at the measured world sizes beside
+    the measured efficiency, so that a reader sees how far the model is off where it can be checked."""
+    projections, missing = project(rows, report)
+    heading = Heading("Projection to more GPUs (a model, not a measurement)")
+    if not projections:
+        return [heading, Paragraph("No projection for " + "; ".join(missing) + ".")]
+    blocks: list[Block] = [heading, Paragraph(
+        "Model: a ring all-reduce moves 2(N-1)/N x the gradient bytes through each rank's link, so "
+        f"t_comm(N) = 2(N-1)/N x gradient bytes / ({report.interconnect_gbit_s:g} Gbit/s = "
+        f"{report.interconnect_gbit_s / 8:g} GB/s per GPU, `report.interconnect_gbit_s`); "
+        "t_step(N) = t_compute + t_comm(N), where t_compute is the measured mean step of the fewest-rank "
+        "configuration; efficiency(N) = t_step(fewest) / t_step(N), and expected samples/s = the fewest-rank "
+        "configuration's samples/s x ranks ratio x efficiency(N). It assumes no overlap of the all-reduce with "
+        "backward (conservative: DDP overlaps them), ignores latency and contention (optimistic), and takes the "
+        "gradient size training recorded (fp32 gradients unless compressed). It is drawn dashed in the speedup "
+        "figure.")]
+    for model in projections:
+        blocks += _projection_table(model)
+    if missing:
+        blocks.append(Paragraph("No projection for " + "; ".join(missing) + "."))
+    return blocks
+
+
+def _projection_table(model: Projection) -> list[Block]:
+    intro = (f"{model.device}, batch {model.batch_size_per_rank}/rank: t_compute {model.compute_s * 1000:.1f} ms "
+             f"(step of {model.baseline}), gradient {model.gradient_bytes / 1e6:.1f} MB per step.")
+    if model.device == "cpu":
+        intro += (" These are CPU ranks: the model supposes each on its own node with a link of this bandwidth, "
+                  "whereas the measured ranks all-reduce through one host's shared memory.")
+    rows = [[str(p.world_size), "measured", f"{p.efficiency:.1%}",
+             f"{p.measured_efficiency:.1%}" + (f" ± {p.measured_efficiency_ci95:.1%}"
+                                               if p.measured_efficiency_ci95 is not None else ""),
+             f"{p.samples_per_second:.1f}", f"{p.measured_samples_per_second:.1f}", f"{p.comm_s * 1000:.2f}"]
+            for p in model.at_measured]
+    rows += [[str(p.world_size), "projected", f"{p.efficiency:.1%}", "", f"{p.samples_per_second:.1f}", "",
+              f"{p.comm_s * 1000:.2f}"] for p in model.projected]
+    gaps = [f"at {p.world_size} ranks the model gives {p.efficiency:.1%} against {p.measured_efficiency:.1%} "
+            f"measured ({(p.efficiency - p.measured_efficiency) * 100:+.0f} points)"
+            for p in model.at_measured if p.world_size != model.baseline_world_size]
+    blocks: list[Block] = [Paragraph(intro), Table(
+        ["ranks", "point", "model efficiency", "measured efficiency", "model samples/s", "measured samples/s",
+         "model all-reduce ms"], rows)]
+    if gaps:
+        blocks.append(Paragraph(
+            "Where it can be checked, " + "; ".join(gaps) + ". A model above the measurement misses costs that "
+            "grow with the ranks besides the all-reduce (contention for shared cores and memory, stragglers); one "
+            "below it is the overlap with backward that the model leaves out."))
+    return blocks
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    """Preprocessing throughput at one Dask worker count."""
+
+    workers: int
+    chunks_per_second: float
+    low: float | None = None
+    """Slowest of the repeats (None when the source records no spread)."""
+    high: float | None = None
+    repeats: int = 1
+
+
+def preprocess_summary(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "features" / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def preprocess_curve(run_dir: Path) -> list[ScalingPoint] | None:
+    """RUN_DIR/preprocess_scaling.json as benchmarks/preprocess_scaling.py writes it (`--out`): one row per worker
+    count whose chunks_per_second is a spread (mean, min, max, n) or a plain number."""
+    result = preprocess_benchmark(run_dir)
+    if result is None:
+        return None
+    points = []
+    for row in sorted(result["rows"], key=lambda r: r["workers"]):
+        rate = row["chunks_per_second"]
+        if isinstance(rate, dict):
+            points.append(ScalingPoint(row["workers"], rate["mean"], rate.get("min"), rate.get("max"),
+                                       rate.get("n", 1)))
+        else:
+            points.append(ScalingPoint(row["workers"], float(rate)))
+    return points
+
+
+def preprocess_benchmark(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "preprocess_scaling.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def preprocess_section(run_dir: Path) -> list[Block]:
+    """What preprocessing did and how fast (features/summary.json), and how it scales with Dask workers: the
+    benchmark's curve when the run folder holds one, else how to measure it."""
+    s = preprocess_summary(run_dir)
+    if s is None:
+        return []
+    split = s.get("chunks_per_split", {})
+    text = (f"{s['files']} source files -> {s['chunks']} chunks (train/val/test {split.get('train', '?')}/"
+            f"{split.get('val', '?')}/{split.get('test', '?')}, split by source file) in {s['seconds']:.1f} s "
+            f"({s['chunks_per_second']:.1f} chunks/s, {s.get('workers', '?')} Dask workers, {s['tasks']} tasks); "
+            f"{s['rejected_files']} files rejected (listed in features/rejects.csv).")
+    nodes = s.get("tasks_per_node") or {}
+    if len(nodes) > 1:
+        text += " Tasks per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()) + "."
+    elif nodes:
+        text += f" All tasks ran on {next(iter(nodes))}."
+    blocks: list[Block] = [Heading("Preprocessing"), Paragraph(text)]
+    benchmark, curve = preprocess_benchmark(run_dir), preprocess_curve(run_dir)
+    if benchmark and curve:
+        params = benchmark.get("parameters", {})
+        blocks.append(Paragraph(
+            f"Scaling with Dask workers, measured by {SCALING_BENCHMARK} ({benchmark.get('measured_at', '?')}, "
+            f"{params.get('files', '?')} files, {params.get('chunks', '?')} chunks, its own preprocessing settings; "
+            "cluster start-up excluded). Efficiency = chunks/s / (workers ratio x chunks/s at the fewest workers)."))
+        base = curve[0]
+        blocks.append(Table(["workers", "chunks/s", "min-max", "repeats", "efficiency"], [
+            [str(p.workers), f"{p.chunks_per_second:.1f}",
+             f"{p.low:.1f}-{p.high:.1f}" if p.low is not None and p.high is not None else "",
+             str(p.repeats), f"{p.chunks_per_second / (base.chunks_per_second * p.workers / base.workers):.0%}"]
+            for p in curve]))
+        caption = "Preprocessing throughput against Dask workers; dashed: linear scaling"
+    else:
+        caption = (f"Preprocessing throughput: the one measured point. For the curve over worker counts run "
+                   f"`.venv/bin/python {SCALING_BENCHMARK} --workers 1 2 4 8 --out {run_dir}/preprocess_scaling.json` "
+                   "and report again.")
+    return blocks + _figure(run_dir, PREPROCESS_FIGURE, caption)
+
+
+def shares_gpu(row: dict) -> bool:
+    """More ranks on a node than GPUs visible to them (`gpu_count`, recorded on cuda since it was added)."""
+    gpus = row.get("gpu_count")
+    if row["device"] != "cuda" or not gpus:
+        return False
+    return math.ceil(row["world_size"] / row.get("nodes", 1)) > gpus
+
+
+def gpu_sharing_notes(rows: list[dict]) -> list[str]:
+    """One note per cuda configuration whose ranks had to share GPUs."""
+    notes = []
+    for row in rows:
+        if shares_gpu(row):
+            per_node = math.ceil(row["world_size"] / row.get("nodes", 1))
+            notes.append(f"{row['name']} shares GPUs: {per_node} ranks per node on {row['gpu_count']} visible "
+                         f"GPU(s), so ranks take turns on a GPU; its speedup is bounded by the GPUs, not by the "
+                         "method.")
+    return notes
+
+
+def explain_efficiency(rows: list[dict]) -> list[str]:
+    """For each configuration under 95% efficiency, where the loss goes: the all-reduce's share of the step, which
+    phase of the step grew against the fewest-rank configuration, and what is lost outside the steps.
+
+    Meant to replace the efficiency part of report.honesty_notes, which states the same split as raw numbers.
+    """
+    notes = []
+    for row in rows:
+        base = next(r for r in rows if r["name"] == row["baseline"])
+        if row["world_size"] <= base["world_size"] or row["efficiency"] >= EXPLAIN_BELOW:
+            continue
+        ci = row.get("efficiency_ci95")
+        text = (f"{row['name']} reaches {row['efficiency']:.0%}" + (f" ± {ci:.0%}" if ci is not None else "")
+                + f" efficiency. The all-reduce is {row['allreduce_ms'] / row['step_ms']:.0%} of the step at "
+                f"{_ranks(row['world_size'], row['device'])} ({row['allreduce_ms']:.1f} of {row['step_ms']:.1f} ms, "
+                "launch to completion; it overlaps backward, so not all of it is lost).")
+        growth = {label: row[key] - base[key] for key, label in SPLIT}
+        grown = row["step_ms"] - base["step_ms"]
+        if grown > 0:
+            phase = max(growth, key=growth.get)
+            text += (f" The step grew from {base['step_ms']:.1f} ms at {_ranks(base['world_size'], base['device'])} "
+                     f"to {row['step_ms']:.1f} ms, mostly in {phase} (+{growth[phase]:.1f} ms).")
+        from_steps = base["step_ms"] / row["step_ms"]
+        if row["efficiency"] < from_steps - 0.05:
+            text += (f" The step times alone would give {from_steps:.0%}; the rest is lost outside the timed steps "
+                     "(between steps and at the start and end of each epoch).")
+        notes.append(text)
+    return notes

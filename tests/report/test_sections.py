@@ -1,0 +1,144 @@
+"""The report's sections: which exist for which runs, and that their tables and notes hold the rows' numbers."""
+
+import pytest
+
+from pipeline.config import ReportConfig
+from pipeline.report import plots, sections
+from pipeline.report.document import Figure, Heading, Paragraph, Table
+from tests.report.fixtures import metrics
+from tests.report.test_figures import (
+    GRADIENT_BYTES,
+    configurations,
+    runs,
+    write_scaling_benchmark,
+    write_summary,
+)
+
+
+def only(blocks: list, kind: type) -> list:
+    return [b for b in blocks if isinstance(b, kind)]
+
+
+def text(blocks: list) -> str:
+    return " ".join(b.text for b in only(blocks, Paragraph))
+
+
+def test_gpu_vs_cpu_table_in_the_seed_layout(tmp_path):
+    rows = configurations(runs("cpu", 32, repeats=3), runs("cuda", 32, speed=2000.0, gpu_count=2))
+    plots.write_figures(plots.FigureData(rows, ReportConfig(), tmp_path))
+    blocks = sections.gpu_vs_cpu_section(rows, tmp_path)
+    assert blocks[0] == Heading("GPU vs CPU")
+    (table,) = only(blocks, Table)
+    assert table.headers == ["device", "ranks", "batch/rank", "step ms", "epoch s", "samples/s"]
+    cpu1, cuda1 = (next(r for r in rows if (r["device"], r["world_size"]) == (device, 1)) for device in ("cpu", "cuda"))
+    assert table.rows[0] == ["cpu", "1", "32", f"{cpu1['step_ms']:.1f} ± {cpu1['step_ms_ci95']:.1f}",
+                             f"{cpu1['epoch_time_s']:.1f} ± {cpu1['epoch_time_s_ci95']:.1f}",
+                             f"{cpu1['samples_per_second']:.1f} ± {cpu1['samples_per_second_ci95']:.1f}"]
+    # One cuda run: no interval to show.
+    assert table.rows[1] == ["cuda", "1", "32", f"{cuda1['step_ms']:.1f}", f"{cuda1['epoch_time_s']:.3f}",
+                             f"{cuda1['samples_per_second']:.1f}"]
+    assert [r[:2] for r in table.rows] == [["cpu", "1"], ["cuda", "1"], ["cpu", "2"], ["cuda", "2"]]
+    ratio = cpu1["epoch_time_s"] / cuda1["epoch_time_s"]
+    assert (f"1 rank, batch 32/rank: an epoch takes {cuda1['epoch_time_s']:.2f} s on the GPU against "
+            f"{cpu1['epoch_time_s']:.2f} s on the CPU ({ratio:.1f}x)") in blocks[3].items[0]
+    assert blocks[-1] == Figure("gpu_vs_cpu.png", "Step and epoch time on GPU and CPU")
+    assert sections.gpu_vs_cpu_section(configurations(runs("cpu", 32)), tmp_path) == []
+
+
+def test_batch_size_vs_accuracy_table(tmp_path):
+    rows = configurations(runs("cpu", 32, repeats=3), runs("cpu", 128, repeats=3))
+    blocks = sections.batch_accuracy_section(rows, tmp_path)
+    (table,) = only(blocks, Table)
+    assert table.headers == ["batch/rank", "global batch", "device", "ranks", "val acc", "test acc"]
+    ci = next(r for r in rows if r["name"] == "ws1-cpu-bs32")["final_val_accuracy_ci95"]
+    # runs(): final accuracy 0.8 + 0.01 k + batch / 1000 over repeats k = 1..3.
+    assert table.rows[:2] == [["32", "32", "cpu", "1", f"0.852 ± {ci:.3f}", "0.880 ± 0.000"],
+                              ["128", "128", "cpu", "1", f"0.948 ± {ci:.3f}", "0.880 ± 0.000"]]
+    assert table.rows[3][:2] == ["128", "256"]
+    assert not only(blocks, Figure)  # no figure file written in this folder
+    assert sections.batch_accuracy_section(configurations(runs("cpu", 32)), tmp_path) == []
+
+
+def test_projection_section_sets_model_beside_measurement():
+    rows = configurations([{"name": "ws1-cuda-bs32", **metrics(1, 100.0, 0.1, 0.0, device="cuda",
+                                                               gradient_bytes=100_000_000)},
+                           {"name": "ws2-cuda-bs32", **metrics(2, 150.0, 0.2, 0.05, device="cuda",
+                                                               gradient_bytes=100_000_000)}])
+    blocks = sections.projection_section(rows, ReportConfig(interconnect_gbit_s=100.0))
+    assert "(a model, not a measurement)" in blocks[0].text
+    assert "2(N-1)/N x gradient bytes / (100 Gbit/s = 12.5 GB/s per GPU" in text(blocks)
+    assert "t_compute 100.0 ms (step of ws1-cuda-bs32), gradient 100.0 MB per step" in text(blocks)
+    (table,) = only(blocks, Table)
+    # 2 ranks: t_comm = 8 ms, model 0.1 / 0.108 = 92.6% against 75% measured; 8 ranks: 0.1 / 0.114 = 87.7%.
+    assert table.rows[1] == ["2", "measured", "92.6%", "75.0%", f"{200 * 0.1 / 0.108:.1f}", "150.0", "8.00"]
+    assert table.rows[2] == ["8", "projected", "87.7%", "", f"{800 * 0.1 / 0.114:.1f}", "", "14.00"]
+    assert [r[0] for r in table.rows] == ["1", "2", "8", "16", "32"]
+    assert "at 2 ranks the model gives 92.6% against 75.0% measured (+18 points)" in text(blocks)
+    assert "CPU ranks" not in text(blocks)
+
+
+def test_projection_section_says_why_it_is_missing():
+    blocks = sections.projection_section(configurations(runs("cpu", 32)), ReportConfig())
+    assert len(blocks) == 2 and not only(blocks, Table)
+    assert text(blocks).startswith("No projection for cpu, batch 32/rank: its metrics.json files do not record "
+                                   "gradient_bytes")
+
+
+def test_preprocess_section_with_and_without_the_scaling_curve(tmp_path, monkeypatch):
+    assert sections.preprocess_section(tmp_path) == []
+    write_summary(tmp_path, workers=2, chunks_per_second=183.15)
+    rows = configurations(runs("cpu", 32, gradient_bytes=GRADIENT_BYTES))
+    plots.write_figures(plots.FigureData(rows, ReportConfig(), tmp_path))
+    blocks = sections.preprocess_section(tmp_path)
+    assert "(183.2 chunks/s, 2 Dask workers, 42 tasks)" in text(blocks)
+    assert "Tasks per node: node-a 20, node-b 22." in text(blocks)
+    assert (f"--workers 1 2 4 8 --out {tmp_path}/preprocess_scaling.json" in blocks[-1].caption
+            and blocks[-1].file == "preprocess_scaling.png")
+
+    write_scaling_benchmark(tmp_path, monkeypatch)
+    blocks = sections.preprocess_section(tmp_path)
+    (table,) = only(blocks, Table)
+    assert table.rows == [["1", "100.0", "96.0-104.0", "3", "100%"], ["2", "190.0", "186.0-194.0", "3", "95%"],
+                          ["4", "315.0", "300.0-330.0", "3", "79%"]]
+    assert "benchmarks/preprocess_scaling.py (2026-11-22T00:00:00+00:00, 120 files, 700 chunks" in text(blocks)
+
+
+def test_gpu_sharing_notes():
+    rows = configurations(runs("cuda", 32, sizes=(1, 2, 4), gpu_count=2), runs("cpu", 32, sizes=(1, 4)),
+                          runs("cuda", 64, sizes=(1, 8), gpu_count=4, nodes=2),
+                          runs("cuda", 128, sizes=(1, 4)))  # an older run without gpu_count: nothing to say
+    assert sections.gpu_sharing_notes(rows) == [
+        "ws4-cuda-bs32 shares GPUs: 4 ranks per node on 2 visible GPU(s), so ranks take turns on a GPU; its "
+        "speedup is bounded by the GPUs, not by the method."]
+
+
+def test_explain_efficiency_names_the_allreduce_share_and_what_grew():
+    rows = configurations([{"name": "ws1-cpu-bs32", **metrics(1, 100.0, 0.32, 0.01)},
+                           {"name": "ws2-cpu-bs32", **metrics(2, 150.0, 0.42, 0.12)},
+                           # the step as fast as one rank's, yet 60% efficiency: the loss is outside the steps
+                           {"name": "ws4-cpu-bs32", **metrics(4, 240.0, 0.32, 0.01)}])
+    two, four = sections.explain_efficiency(rows)
+    assert two == ("ws2-cpu-bs32 reaches 75% efficiency. The all-reduce is 29% of the step at 2 CPU ranks (120.0 of "
+                   "420.0 ms, launch to completion; it overlaps backward, so not all of it is lost). The step grew "
+                   "from 320.0 ms at 1 CPU rank to 420.0 ms, mostly in forward+backward (+100.0 ms).")
+    assert four.startswith("ws4-cpu-bs32 reaches 60% efficiency. The all-reduce is 3% of the step at 4 CPU ranks")
+    assert "grew" not in four
+    assert four.endswith("The step times alone would give 100%; the rest is lost outside the timed steps (between "
+                         "steps and at the start and end of each epoch).")
+    repeated = configurations(runs("cuda", 32, repeats=3))
+    (note,) = sections.explain_efficiency(repeated)
+    ci = repeated[1]["efficiency_ci95"]
+    assert note.startswith(f"ws2-cuda-bs32 reaches {repeated[1]['efficiency']:.0%} ± {ci:.0%} efficiency")
+    assert "at 2 GPUs" in note and "at 1 GPU to" in note
+    assert sections.explain_efficiency(configurations(runs("cpu", 32, sizes=(1,)))) == []
+
+
+@pytest.mark.parametrize("rate", [150.0, 190.0])
+def test_no_explanation_at_95_percent_or_more(rate):
+    rows = configurations([{"name": "ws1-cpu-bs32", **metrics(1, 100.0, 0.32, 0.01)},
+                           {"name": "ws2-cpu-bs32", **metrics(2, rate, 0.33, 0.01)}])
+    assert len(sections.explain_efficiency(rows)) == (rate / 200 < 0.95)
+
+
+def test_section_figures_are_plots_figures():
+    assert set(plots.FIGURES) >= sections.SECTION_FIGURES
