@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -29,13 +30,16 @@ def colormap_table(name: str) -> np.ndarray:
 
 def colour_indices(features: torch.Tensor, size: int) -> np.ndarray:
     """[n, bins, frames] -> [n, size, size] uint8 colormap indices, low bins at the bottom, each image scaled to its
-    own range. Scaling happens at feature resolution and the resize is Pillow's bilinear filter on uint8, which is
+    own range. Scaling happens at feature resolution and the whole batch is resized at once as uint8 by torch's
+    bilinear filter with antialiasing (Pillow's filter, within 2 levels), 2.5x faster than Pillow image by image and
     several times faster than interpolating floats at image resolution."""
     x = features.float()
     low = x.amin(dim=(1, 2), keepdim=True)
     high = x.amax(dim=(1, 2), keepdim=True)
-    levels = ((x - low) / (high - low).clamp_min(1e-6) * 255).round().to(torch.uint8).flip(1).numpy()
-    return np.stack([np.asarray(Image.fromarray(level).resize((size, size), Image.BILINEAR)) for level in levels])
+    levels = ((x - low) / (high - low).clamp_min(1e-6) * 255).round().to(torch.uint8).flip(1)
+    resized = F.interpolate(levels.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True)
+    return resized.squeeze(1).numpy()
 
 
 def render(features: torch.Tensor, size: int, colormap: str) -> np.ndarray:
