@@ -27,7 +27,8 @@ the clock starts; the import time is recorded (`import_s`) but not counted on ei
 counted: for the pipeline, the config load, manifest reading, feature extractor construction (once per task), first-
 call warm-up, features, images, shards, index, statistics and the gallery figure; for the seed method, every figure
 and file, including librosa's first-call costs. A repeat runs both sides once on the same files, alternating which
-goes first; every run starts from empty output folders. chunks/s/core = chunks written / wall seconds of the run;
+goes first; every run starts from empty output folders, after `sync` has written the previous run's files to
+disk (else one side pays for the other's writeback). chunks/s/core = chunks written / wall seconds of the run;
 the ratio pipeline/seed is taken per repeat (paired), and the JSON gives its mean, std, min and max over
 `--repeats`, with the CPU seconds each run used (to show it had its core) and how busy other processes kept the
 machine.
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             if seed_out.exists():
                 shutil.rmtree(seed_out)
             clear_run_dir(Path(config.run_dir))
+            os.sync()  # each side starts without the previous run's files still being written back to disk
             runs[side] = run_side(side, spec_path, core)
             if r == args.repeats - 1:
                 folder = seed_out if side == "seed" else Path(config.run_dir)

@@ -51,7 +51,7 @@ def _draw(path: Path, feature: str, examples: dict[str, np.ndarray], y_label: st
     low = min(float(x.min()) for x in examples.values())
     high = max(float(x.max()) for x in examples.values())
     for ax, (label, x) in zip(axes.flat, examples.items(), strict=False):
-        shown = ax.imshow(x, origin="lower", aspect="auto", cmap="magma", vmin=low, vmax=high,
+        shown = ax.imshow(x, origin="lower", aspect="auto", cmap="magma", vmin=low, vmax=high, interpolation="nearest",
                           extent=(0, x.shape[1] * frame_s, 0, x.shape[0]))
         ax.set(title=label, xlabel="time (s)")
     for ax in axes[:, 0]:
