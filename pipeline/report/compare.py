@@ -6,7 +6,6 @@ both runs come first, and every configuration either run has gets a row, with "n
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from matplotlib.figure import Figure as PlotFigure
@@ -14,7 +13,8 @@ from matplotlib.figure import Figure as PlotFigure
 from pipeline.io import atomic_write, atomic_write_csv, atomic_write_text
 from pipeline.report.aggregate import aggregate
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from pipeline.report.table import add_derived, cell, collect
+from pipeline.report.plots import errorbar
+from pipeline.report.table import add_derived, cell, collect, relative_ci, scaling_groups
 
 FIGURE = "compare"
 """compare.png and compare.svg: speedup and samples/s of both runs."""
@@ -81,11 +81,9 @@ def compare_rows(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
                 row[f"{key}_{side}_ci95"] = source.get(f"{key}_ci95") if source else None
         row["ratio_b_over_a"] = row["ratio_b_over_a_ci95"] = None
         if a and b:
-            ratio = b["samples_per_second"] / a["samples_per_second"]
-            spreads = [(r.get("samples_per_second_ci95"), r["samples_per_second"]) for r in (a, b)]
-            row["ratio_b_over_a"] = ratio
-            if all(ci is not None for ci, _ in spreads):
-                row["ratio_b_over_a_ci95"] = ratio * math.hypot(*(ci / mean for ci, mean in spreads))
+            row["ratio_b_over_a"] = b["samples_per_second"] / a["samples_per_second"]
+            relative = relative_ci(b, a, "samples_per_second")
+            row["ratio_b_over_a_ci95"] = None if relative is None else row["ratio_b_over_a"] * relative
         table.append(row)
     return table
 
@@ -159,15 +157,12 @@ def draw(rows_a: list[dict], rows_b: list[dict], label_a: str, label_b: str, pat
     fig = PlotFigure(figsize=(10, 4))
     ax_speed, ax_rate = fig.subplots(1, 2)
     for rows, label, style in [(rows_a, label_a, "o-"), (rows_b, label_b, "s--")]:
-        for key in sorted({(r["device"], r["batch_size_per_rank"]) for r in rows}):
-            group = sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == key),
-                           key=lambda r: r["world_size"])
+        for key, group in scaling_groups(rows):
             sizes = [r["world_size"] for r in group]
             name = f"{label} ({key[0]}, batch {key[1]}/rank)"
             for ax, column in ((ax_speed, "speedup"), (ax_rate, "samples_per_second")):
-                cis = [r.get(f"{column}_ci95") for r in group]
-                ax.errorbar(sizes, [r[column] for r in group], fmt=style, capsize=3, label=name,
-                            yerr=None if all(ci is None for ci in cis) else [ci or 0.0 for ci in cis])
+                errorbar(ax, sizes, [r[column] for r in group], [r.get(f"{column}_ci95") for r in group],
+                         fmt=style, label=name)
     sizes = sorted({r["world_size"] for r in rows_a + rows_b})
     ax_speed.plot(sizes, [s / sizes[0] for s in sizes], "k:", label="ideal (linear)")
     ax_speed.set(xlabel="ranks (GPUs or CPU processes)", ylabel="speedup (samples/s vs fewest ranks)",

@@ -21,6 +21,7 @@ from pipeline.config import ReportConfig
 from pipeline.io import atomic_write
 from pipeline.report import document, sections
 from pipeline.report.projection import project
+from pipeline.report.table import scaling_groups
 
 FORMATS = ("png", "svg")
 FLAG_LABEL = "oversubscribed cores or shared GPU"
@@ -34,19 +35,12 @@ class FigureData:
     run_dir: Path
 
 
-def _groups(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
-    """Configurations per (device, batch per rank), by ranks: the curves of the scaling figures."""
-    keys = sorted({(r["device"], r["batch_size_per_rank"]) for r in rows})
-    return [(key, sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == key),
-                         key=lambda r: r["world_size"])) for key in keys]
-
-
 def _group_label(key: tuple[str, int], group: list[dict]) -> str:
     repeats = min(r.get("repeats", 1) for r in group)
     return f"{key[0]}, batch {key[1]}/rank" + (f", mean of {repeats} repeats" if repeats > 1 else "")
 
 
-def _errorbar(ax: Axes, xs: list, ys: list, cis: list[float | None], **style) -> None:
+def errorbar(ax: Axes, xs: list, ys: list, cis: list[float | None], **style) -> None:
     """A line with 95% CI bars; without any CI (one repeat) the same line with no bars."""
     yerr = None if all(ci is None for ci in cis) else [ci or 0.0 for ci in cis]
     ax.errorbar(xs, ys, yerr=yerr, capsize=3, **style)
@@ -104,11 +98,11 @@ def speedup(data: FigureData) -> Figure:
     ax_speed, ax_eff = fig.subplots(1, 2)
     projections = {(p.device, p.batch_size_per_rank): p for p in project(data.rows, data.report)[0]}
     sizes = {r["world_size"] for r in data.rows}
-    for i, (key, group) in enumerate(_groups(data.rows)):
+    for i, (key, group) in enumerate(scaling_groups(data.rows)):
         ranks = [r["world_size"] for r in group]
         style = {"fmt": "o-", "color": f"C{i}", "label": f"measured ({_group_label(key, group)})"}
-        _errorbar(ax_speed, ranks, [r["speedup"] for r in group], [_ci(r, "speedup") for r in group], **style)
-        _errorbar(ax_eff, ranks, [r["efficiency"] for r in group], [_ci(r, "efficiency") for r in group], **style)
+        errorbar(ax_speed, ranks, [r["speedup"] for r in group], [_ci(r, "speedup") for r in group], **style)
+        errorbar(ax_eff, ranks, [r["efficiency"] for r in group], [_ci(r, "efficiency") for r in group], **style)
         _mark_flagged(ax_speed, group, [r["speedup"] for r in group])
         _mark_flagged(ax_eff, group, [r["efficiency"] for r in group])
         if key in projections:
@@ -142,9 +136,9 @@ def throughput(data: FigureData) -> Figure:
     """Training samples per second of all ranks together against the ranks."""
     fig = Figure(figsize=(6, 4.4))
     ax = fig.subplots()
-    for i, (key, group) in enumerate(_groups(data.rows)):
+    for i, (key, group) in enumerate(scaling_groups(data.rows)):
         values = [r["samples_per_second"] for r in group]
-        _errorbar(ax, [r["world_size"] for r in group], values, [_ci(r, "samples_per_second") for r in group],
+        errorbar(ax, [r["world_size"] for r in group], values, [_ci(r, "samples_per_second") for r in group],
                   fmt="o-", color=f"C{i}", label=_group_label(key, group))
         _mark_flagged(ax, group, values)
     ax.set(xlabel="ranks (GPUs or CPU processes)", ylabel="samples/s (all ranks)", title="Training throughput")
@@ -213,7 +207,7 @@ def batch_accuracy(data: FigureData) -> Figure | None:
     for i, key in enumerate(sorted({(r["device"], r["world_size"]) for r in data.rows})):
         group = sorted((r for r in data.rows if (r["device"], r["world_size"]) == key),
                        key=lambda r: r["batch_size_per_rank"])
-        _errorbar(ax, [r["batch_size_per_rank"] for r in group], [r["final_val_accuracy"] for r in group],
+        errorbar(ax, [r["batch_size_per_rank"] for r in group], [r["final_val_accuracy"] for r in group],
                   [_ci(r, "final_val_accuracy") for r in group], fmt="o-", color=f"C{i}",
                   label=f"{key[0]}, {key[1]} rank{'s' * (key[1] > 1)}")
     ax.set(xlabel="batch size per rank", ylabel="validation accuracy after the last epoch",

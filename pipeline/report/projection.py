@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, ReportConfig, build, load_config
+from pipeline.report.table import scaling_groups
 
 
 def report_config(run_dir: Path) -> ReportConfig:
@@ -97,9 +98,7 @@ def project(rows: list[dict], report: ReportConfig) -> tuple[list[Projection], l
     `rows` are configurations with `speedup`/`efficiency` derived (one per configuration, repeats aggregated).
     """
     projections, missing = [], []
-    for device, batch in sorted({(r["device"], r["batch_size_per_rank"]) for r in rows}):
-        group = sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == (device, batch)),
-                       key=lambda r: r["world_size"])
+    for (device, batch), group in scaling_groups(rows):
         base = group[0]
         gradient_bytes = next((r["gradient_bytes"] for r in group if r.get("gradient_bytes")), None)
         if gradient_bytes is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.config import ReportConfig
 from pipeline.io import atomic_write_text
 from pipeline.report import plots, sections
 from pipeline.report.aggregate import aggregate
@@ -51,14 +52,16 @@ def write_report(run_dir: Path) -> Path:
     add_derived(rows)
     add_derived_repeats(runs, rows)
     write_scaling(run_dir, rows, runs)
-    plots.write_figures(plots.FigureData(rows, report_config(run_dir), run_dir))
-    blocks = build(run_dir, rows, skipped, failed)
+    report = report_config(run_dir)
+    plots.write_figures(plots.FigureData(rows, report, run_dir))
+    blocks = build(run_dir, rows, skipped, failed, report)
     atomic_write_text(run_dir / "report.md", to_markdown(blocks))
     atomic_write_text(run_dir / "report.html", to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
     return run_dir / "report.md"
 
 
-def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict] | None = None) -> list[Block]:
+def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict],
+          report: ReportConfig) -> list[Block]:
     first = rows[0]
     hardware = (f"Measured {first['measured_at']} on `{first['hostname']}`: {first['cpu_model']}, "
                 f"{first['cpu_cores_available']} CPU cores available"
@@ -74,7 +77,7 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dic
                Table([header for _, header in shown], [[cell(row, key) for key, _ in shown] for row in rows])]
     blocks += plots.figure_blocks(run_dir)
     blocks += sections.gpu_vs_cpu_section(rows, run_dir) + sections.batch_accuracy_section(rows, run_dir)
-    blocks += sections.projection_section(rows, report_config(run_dir))
+    blocks += sections.projection_section(rows, report)
     blocks += [Heading("Test confusion matrices")]
     firsts = [row.get("repeat_names", [row["name"]])[0] for row in rows]  # a repeated configuration's first repeat
     blocks += [Figure(f"configs/{name}/confusion_test.png", f"{name}: rows are the true class")

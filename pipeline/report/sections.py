@@ -167,11 +167,14 @@ def preprocess_summary(run_dir: Path) -> dict | None:
 
 
 def preprocess_curve(run_dir: Path) -> list[ScalingPoint] | None:
-    """RUN_DIR/preprocess_scaling.json as benchmarks/preprocess_scaling.py writes it (`--out`): one row per worker
-    count whose chunks_per_second is a spread (mean, min, max, n) or a plain number."""
-    result = preprocess_benchmark(run_dir)
-    if result is None:
-        return None
+    """The Dask scaling curve of RUN_DIR/preprocess_scaling.json, None without one."""
+    benchmark = preprocess_benchmark(run_dir)
+    return None if benchmark is None else curve_points(benchmark)
+
+
+def curve_points(result: dict) -> list[ScalingPoint]:
+    """The points of a result as benchmarks/preprocess_scaling.py writes it (`--out`): one row per worker count
+    whose chunks_per_second is a spread (mean, min, max, n) or a plain number."""
     points = []
     for row in sorted(result["rows"], key=lambda r: r["workers"]):
         rate = row["chunks_per_second"]
@@ -205,7 +208,8 @@ def preprocess_section(run_dir: Path) -> list[Block]:
     elif nodes:
         text += f" All tasks ran on {next(iter(nodes))}."
     blocks: list[Block] = [Heading("Preprocessing"), Paragraph(text)]
-    benchmark, curve = preprocess_benchmark(run_dir), preprocess_curve(run_dir)
+    benchmark = preprocess_benchmark(run_dir)
+    curve = curve_points(benchmark) if benchmark else None
     if benchmark and curve:
         params = benchmark.get("parameters", {})
         blocks.append(Paragraph(
@@ -226,12 +230,16 @@ def preprocess_section(run_dir: Path) -> list[Block]:
     return blocks + _figure(run_dir, PREPROCESS_FIGURE, caption)
 
 
+def _ranks_per_node(row: dict) -> int:
+    return math.ceil(row["world_size"] / row.get("nodes", 1))
+
+
 def shares_gpu(row: dict) -> bool:
     """More ranks on a node than GPUs visible to them (`gpu_count`, recorded on cuda since it was added)."""
     gpus = row.get("gpu_count")
     if row["device"] != "cuda" or not gpus:
         return False
-    return math.ceil(row["world_size"] / row.get("nodes", 1)) > gpus
+    return _ranks_per_node(row) > gpus
 
 
 def gpu_sharing_notes(rows: list[dict]) -> list[str]:
@@ -239,10 +247,9 @@ def gpu_sharing_notes(rows: list[dict]) -> list[str]:
     notes = []
     for row in rows:
         if shares_gpu(row):
-            per_node = math.ceil(row["world_size"] / row.get("nodes", 1))
-            notes.append(f"{row['name']} shares GPUs: {per_node} ranks per node on {row['gpu_count']} visible "
-                         f"GPU(s), so ranks take turns on a GPU; its speedup is bounded by the GPUs, not by the "
-                         "method.")
+            notes.append(f"{row['name']} shares GPUs: {_ranks_per_node(row)} ranks per node on {row['gpu_count']} "
+                         "visible GPU(s), so ranks take turns on a GPU; its speedup is bounded by the GPUs, not by "
+                         "the method.")
     return notes
 
 

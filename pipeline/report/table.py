@@ -77,10 +77,17 @@ def add_derived(rows: list[dict]) -> None:
     mean of one repeat has an unknown spread, so a ratio involving it has no interval (None) rather than one that
     counts that spread as zero; the baseline's own speedup is 1 by definition, with no interval either.
     """
-    for row in rows:
-        peers = [r for r in rows if r["device"] == row["device"]
-                 and r["batch_size_per_rank"] == row["batch_size_per_rank"]]
-        _derive(row, min(peers, key=lambda r: r["world_size"]))
+    for _, group in scaling_groups(rows):
+        for row in group:
+            _derive(row, group[0])
+
+
+def scaling_groups(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
+    """Configurations per (device, batch per rank), each group sorted by ranks: the curves of a scaling study, whose
+    first member is the baseline of speedup and efficiency."""
+    keys = sorted({(r["device"], r["batch_size_per_rank"]) for r in rows})
+    return [(key, sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == key),
+                         key=lambda r: r["world_size"])) for key in keys]
 
 
 def add_derived_repeats(repeats: list[dict], configurations: list[dict]) -> None:
@@ -97,7 +104,7 @@ def _derive(row: dict, base: dict) -> None:
     ratio = row["world_size"] / base["world_size"]
     row["efficiency"] = row["speedup"] / ratio
     row["baseline"] = base["name"]
-    relative = None if row is base else _relative_ci(row, base, "samples_per_second")
+    relative = None if row is base else relative_ci(row, base, "samples_per_second")
     row["speedup_ci95"] = None if relative is None else row["speedup"] * relative
     row["efficiency_ci95"] = None if relative is None else row["speedup_ci95"] / ratio
     for phase in PHASES:
@@ -106,7 +113,7 @@ def _derive(row: dict, base: dict) -> None:
     _scaled(row, "train_wall_s", "device_hours", row["world_size"] / 3600)
 
 
-def _relative_ci(row: dict, base: dict, key: str) -> float | None:
+def relative_ci(row: dict, base: dict, key: str) -> float | None:
     """Relative half-width of row[key] / base[key] to first order, or None when either mean has no interval."""
     spreads = [(r.get(f"{key}_ci95"), r[key]) for r in (row, base)]
     if any(ci is None for ci, _ in spreads):
