@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,10 +23,13 @@ import torch
 from pipeline.train.environment import available_cores, describe_environment
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_RUN_DIR = REPO / "results" / "demo"
+# The demo's run folder, which `pipeline run configs/demo.yaml` (or `pipeline preprocess configs/demo.yaml`) writes;
+# git does not track it. The benchmarks only read its feature shards (and images).
+DEMO_RUN_DIR = REPO / "runs" / "demo"
 RESULTS = REPO / "results" / "benchmarks"
 MISSING_FEATURES = (
-    "{index} is missing: these benchmarks read the demo's feature shards. Make them with\n"
+    "{index} is missing: these benchmarks read the demo's feature shards (runs/demo, not tracked by git). Make them "
+    "with\n"
     "  .venv/bin/pipeline data manifest configs/demo.yaml && .venv/bin/pipeline preprocess configs/demo.yaml\n"
     "(about 1-2 minutes on 2 cores; `.venv/bin/pipeline run configs/demo.yaml` also makes them, and trains)."
 )
@@ -35,7 +39,53 @@ def require_features(run_dir: Path) -> None:
     """Exit with the command to run when the run folder has no feature index."""
     index = Path(run_dir) / "features" / "index.csv"
     if not index.is_file():
-        sys.exit(MISSING_FEATURES.format(index=index))
+        sys.exit(MISSING_FEATURES.format(index=portable(index)))
+
+
+def portable(path: str | os.PathLike) -> str:
+    """`path` as a committed result may record it, without an absolute path of this machine.
+
+    The interpreter (sys.executable) becomes its file name (`python`); a path under the repository becomes relative
+    to it (`data/demo`, `.venv/bin/pipeline`, `configs/demo.yaml`); one in a virtual environment outside the
+    repository `$VIRTUAL_ENV/...`; one under the temporary folder (tempfile.gettempdir(), e.g. a scratch work dir)
+    `$TMPDIR/...`. Any other path is returned as given. A relative path is taken from the current folder.
+    """
+    text = os.fspath(path)
+    if not text:
+        return text
+    absolute = Path(os.path.abspath(text))
+    if sys.executable and absolute == Path(os.path.abspath(sys.executable)):
+        return Path(sys.executable).name
+    forms = (absolute, absolute.resolve())
+    places = [(REPO, "")]
+    if sys.prefix != sys.base_prefix:
+        places.append((Path(sys.prefix), "$VIRTUAL_ENV"))
+    places.append((Path(tempfile.gettempdir()), "$TMPDIR"))
+    for root, name in places:
+        for form in forms:
+            for base in dict.fromkeys((root, root.resolve())):
+                if form.is_relative_to(base):
+                    rest = form.relative_to(base).as_posix()
+                    return "/".join(part for part in (name, rest) if part and part != ".") or "."
+    return text
+
+
+def portable_command(words: list[str]) -> list[str]:
+    """A command's words with `portable` applied to every absolute path, alone or as the value of KEY=PATH."""
+    out = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        if os.path.isabs(word):
+            word = portable(word)
+        elif sep and os.path.isabs(value):
+            word = f"{key}={portable(value)}"
+        out.append(word)
+    return out
+
+
+def command_line() -> str:
+    """This benchmark's own command line, as recorded in its JSON: `python SCRIPT ARGS...` with portable paths."""
+    return " ".join(portable_command([sys.executable, *sys.argv]))
 
 
 def spread(values: list[float]) -> dict:
@@ -46,7 +96,7 @@ def spread(values: list[float]) -> dict:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def environment(threads: int) -> dict:

@@ -41,11 +41,20 @@ import argparse
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from benchlib import RESULTS, CpuMeter, environment, now, spread, write_result
+from benchlib import (
+    RESULTS,
+    CpuMeter,
+    command_line,
+    environment,
+    now,
+    portable,
+    portable_command,
+    spread,
+    write_result,
+)
 from preprocess_vs_seed import (
     DEFAULT_DATA_ROOT,
     PIPELINE_PREPROCESS,
@@ -117,7 +126,7 @@ def measure(config_path: Path, overrides: list[str], n: int, gallery_times: list
             "warm_workers": len(pids), "run_s": run_s, "shutdown_s": t_closed - t_done,
             "gallery_s": sum(gallery_times), "chunks_per_second": summary["chunks"] / run_s,
             "chunks_per_second_including_startup": summary["chunks"] / (t_done - t0),
-            "pipeline_summary_seconds": summary["seconds"], "machine_load": load}
+            "pipeline_summary_seconds": summary["runs"][-1]["seconds"], "machine_load": load}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,15 +221,19 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "preprocess_scaling", "issue": ISSUE, "target_efficiency": TARGET,
         "measured_at": started, "runtime_s": load["wall_s"],
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "environment": {**environment(1), "bench_versions": library_versions()},
         "parameters": {"workers": args.workers, "repeats": args.repeats, "baseline_workers": base,
                        "files_per_speaker": args.files_per_speaker, "files": len(sources),
                        "audio_seconds": round(seconds_of_audio, 1), "chunks": first["chunks"],
-                       "tasks": first["tasks"], "files_per_task": files_per_task, "data_root": str(args.data_root),
+                       "tasks": first["tasks"], "files_per_task": files_per_task,
+                       "data_root": portable(args.data_root),
                        "cluster": "LocalCluster via pipeline.preprocess.cluster.dask_executor, threads_per_worker=1",
-                       "pipeline_config": {"preprocess": {**PIPELINE_PREPROCESS}, "overrides": overrides},
-                       "pipeline_config_resolved": dataclasses.asdict(config.preprocess)},
+                       "pipeline_config": {"preprocess": {**PIPELINE_PREPROCESS},
+                                           "overrides": portable_command(overrides)},
+                       "pipeline_config_resolved": {**dataclasses.asdict(config.preprocess),
+                                                    "scheduler_file": portable(config.preprocess.scheduler_file or "")
+                                                    or None}},
         "method": __doc__.strip(),
         "machine_load": load,
         "rows": rows,

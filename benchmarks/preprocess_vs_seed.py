@@ -254,7 +254,7 @@ def worker(side: str, spec_path: Path) -> None:
         summary = preprocess(config, executor=None)
         counts = {"chunks": summary["chunks"], "files": summary["files"],
                   "rejected_files": summary["rejected_files"]}
-        extra = {"pipeline_summary_seconds": summary["seconds"],
+        extra = {"pipeline_summary_seconds": summary["runs"][-1]["seconds"],
                  **{f"{name}_s": sum(times) for name, times in timers.items()},
                  "tasks": len(timers.get("run_task", []))}
     seconds = time.perf_counter() - t0
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         metadata.version("librosa")
     except metadata.PackageNotFoundError:
         sys.exit("librosa is missing: the seed method needs the bench extra (.venv/bin/pip install -e '.[bench]')")
-    from benchlib import CpuMeter, environment, now, spread, write_result
+    from benchlib import CpuMeter, command_line, environment, now, portable, portable_command, spread, write_result
 
     from pipeline.config import load_config
     from pipeline.stages import data_stage
@@ -381,16 +381,20 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "preprocess_vs_seed", "issue": ISSUE, "target_ratio": TARGET,
         "measured_at": started, "runtime_s": load["wall_s"],
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "environment": {**environment(1), "bench_versions": library_versions()},
         "parameters": {"files_per_speaker": args.files_per_speaker, "files": len(sources),
                        "speakers": sorted({s["label"] for s in sources}),
-                       "audio_seconds": round(seconds_of_audio, 1), "data_root": str(args.data_root),
+                       "audio_seconds": round(seconds_of_audio, 1), "data_root": portable(args.data_root),
                        "repeats": args.repeats, "core": core, "threads": 1, "mel_unit": args.mel_unit,
-                       "pipeline_config": {"preprocess": {**PIPELINE_PREPROCESS}, "overrides": args.overrides},
-                       "pipeline_config_resolved": dataclasses.asdict(config.preprocess),
+                       "pipeline_config": {"preprocess": {**PIPELINE_PREPROCESS},
+                                           "overrides": portable_command(args.overrides)},
+                       "pipeline_config_resolved": {**dataclasses.asdict(config.preprocess),
+                                                    "scheduler_file": portable(config.preprocess.scheduler_file or "")
+                                                    or None},
                        "sources": [str(Path(s["path"]).relative_to(args.data_root.resolve()))
-                                   if Path(s["path"]).is_relative_to(args.data_root.resolve()) else s["path"]
+                                   if Path(s["path"]).is_relative_to(args.data_root.resolve())
+                                   else portable(s["path"])
                                    for s in sources]},
         "method": __doc__.strip(),
         "machine_load": load,

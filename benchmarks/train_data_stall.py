@@ -38,7 +38,18 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import DEMO_RUN_DIR, RESULTS, CpuMeter, contention_caveat, environment, now, require_features, spread
+from benchlib import (
+    DEMO_RUN_DIR,
+    RESULTS,
+    CpuMeter,
+    command_line,
+    contention_caveat,
+    environment,
+    now,
+    portable,
+    require_features,
+    spread,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -348,9 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "train_data_stall", "issue": ISSUE, "target_ratio": TARGET,
         "measured_at": started, "runtime_s": load["wall_s"],
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "environment": environment(args.threads),
-        "parameters": {"run_dir": str(args.run_dir), "model": args.model, "world_size": 1, "device": "cpu",
+        "parameters": {"run_dir": portable(args.run_dir), "model": args.model, "world_size": 1, "device": "cpu",
                        "torch_threads": args.threads, "batch_size": args.batch_size, "split": "train",
                        "feature": "logmel", "optimizer": "Adam", "lr": TrainConfig().lr, "loss": "cross-entropy",
                        "channels_last": TrainConfig().channels_last and is_convolutional(args.model),

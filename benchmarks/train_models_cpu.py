@@ -8,7 +8,7 @@ For each model (`cnn`, `lstm`, `resnet50`, `densenet121` by default) it runs
 as a subprocess: one torchrun job per world size, gloo, CPU ranks with `--threads-per-rank` threads each
 (OMP_NUM_THREADS and torch.set_num_threads, as the launcher sets them), batch 32 per rank, input `features`
 (1-channel 64-mel log-mel maps of 301 frames, 3 s chunks of the demo). SCRATCH/<model> is a run folder of its own, so
-configurations (named ws<n>-cpu-bs<b> under run_dir/configs/) never clash and results/demo is not touched: its
+configurations (named ws<n>-cpu-bs<b> under run_dir/configs/) never clash and runs/demo is not touched: its
 features/ holds symlinks to the demo's shard folders, the demo's labels.json and stats.json (training statistics
 of the full split), and an index.csv that keeps either every chunk or, for models too slow for a full epoch in the
 time budget, an evenly spaced subset of each split (every k-th row in index order, so every class is present; val
@@ -44,9 +44,12 @@ from benchlib import (
     REPO,
     RESULTS,
     CpuMeter,
+    command_line,
     contention_caveat,
     environment,
     now,
+    portable,
+    portable_command,
     require_features,
     spread,
 )
@@ -143,8 +146,8 @@ def pipeline_command() -> list[str]:
 
 
 def run_model(args: argparse.Namespace, model: str, run_dir: Path, order: list[int]) -> tuple[list[str], float, int]:
-    """`pipeline train` for one model, its world sizes in `order`; (command, wall seconds, exit status). The log goes
-    to run_dir/bench.log."""
+    """`pipeline train` for one model, its world sizes in `order`; (command as recorded, with portable paths, wall
+    seconds, exit status). The log goes to run_dir/bench.log."""
     world_sizes = "[" + ",".join(str(n) for n in order) + "]"
     overrides = {"name": f"bench-{model}", "run_dir": str(run_dir), "train.model": model, "train.input": "features",
                  "train.feature": "logmel", "train.epochs": args.epochs, "train.batch_size": args.batch_size,
@@ -162,7 +165,7 @@ def run_model(args: argparse.Namespace, model: str, run_dir: Path, order: list[i
             os.killpg(process.pid, signal.SIGTERM)  # the session of the process started here: pipeline + torchrun
             process.wait()
             status = -1
-    return command, time.perf_counter() - start, status
+    return portable_command(command), time.perf_counter() - start, status
 
 
 def read_configuration(folder: Path) -> dict:
@@ -367,9 +370,9 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "train_models_cpu",
         "question": "CPU: samples/s of each model at world size 1 and 2 on this machine",
         "measured_at": started, "runtime_s": load["wall_s"],
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "environment": environment(args.threads_per_rank),
-        "parameters": {"config": str(args.config), "base_experiment": base.name, "models": args.models,
+        "parameters": {"config": portable(args.config), "base_experiment": base.name, "models": args.models,
                        "world_sizes": args.world_sizes, "epochs": args.epochs, "steady_epochs": "all but the first",
                        "batch_size_per_rank": args.batch_size, "threads_per_rank": args.threads_per_rank,
                        "device": "cpu", "backend": "gloo (DDP)", "input": "features", "feature": "logmel",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, ExperimentConfig, load_config, save_config
+from pipeline.config import ConfigError, ExperimentConfig, load_config, load_experiment, save_config
 from pipeline.train.interrupt import TrainingInterrupted
 
 EXIT_INTERRUPTED = 75
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="experiment YAML, e.g. configs/demo.yaml")
+    parser.add_argument("config", type=Path, help="experiment YAML, e.g. configs/demo.yaml, or a run folder (its "
+                        "config.yaml, with run_dir where the folder is now)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.batch_size=64 (repeatable)")
 
@@ -128,7 +130,7 @@ def _stages():
 
 def _stage(function: str):
     def handler(args: argparse.Namespace) -> None:
-        config: ExperimentConfig = load_config(args.config, args.overrides)
+        config: ExperimentConfig = load_experiment(args.config, args.overrides)
         stages = _stages()
         if function != "run_all":
             save_config(config, stages.resolved_config_path(config))
@@ -147,7 +149,7 @@ def _report(args: argparse.Namespace) -> None:
 def _submit(args: argparse.Namespace) -> None:
     from pipeline.slurm.submit import submit
 
-    records = submit(load_config(args.config, args.overrides), dry_run=args.dry_run, local=args.local)
+    records = submit(load_experiment(args.config, args.overrides), dry_run=args.dry_run, local=args.local)
     failed = [r for r in records if r.state not in (None, "COMPLETED")]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(records)} local jobs did not complete: "
@@ -176,7 +178,7 @@ def _show_config(args: argparse.Namespace) -> None:
 
     from pipeline.config import to_dict
 
-    value = to_dict(load_config(args.config, args.overrides))
+    value = to_dict(load_experiment(args.config, args.overrides))
     for part in args.get.split(".") if args.get else []:
         if not isinstance(value, dict) or part not in value:
             raise ConfigError(f"{args.config}: no key {args.get!r}")
@@ -189,9 +191,11 @@ def _show_config(args: argparse.Namespace) -> None:
 
 def _trained_run(args: argparse.Namespace) -> ExperimentConfig:
     """The config the run was trained with (RUN_DIR/config.yaml), found through the experiment's run_dir."""
-    config = load_config(args.config, args.overrides)
+    config = load_experiment(args.config, args.overrides)
     resolved = _stages().resolved_config_path(config)
-    return load_config(resolved) if resolved.is_file() else config
+    if not resolved.is_file():
+        return config
+    return dataclasses.replace(load_config(resolved), run_dir=config.run_dir)  # the folder may have moved
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -284,6 +284,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return config
 
 
+def load_experiment(target: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """A config file, or a run folder: the config.yaml it keeps, with run_dir set to where the folder is now.
+
+    Commands take either, so a run folder that was moved or copied (scratch to project space, to a colleague)
+    trains, resumes, evaluates and reports where it is, without editing its config.
+    """
+    target = Path(target)
+    if not target.is_dir():
+        return load_config(target, overrides)
+    saved = target / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"{target}: a folder without config.yaml: give an experiment YAML or a run folder")
+    return dataclasses.replace(load_config(saved, overrides), run_dir=str(target))
+
+
 def _check_ranges(config: ExperimentConfig, source: str) -> None:
     """Values that type-check but cannot work, reported before any stage spends time on them."""
     split, pre, train = config.data.split, config.preprocess, config.train
@@ -339,8 +354,63 @@ def _check_ranges(config: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'train.input: images' with 'train.feature: {train.feature}' needs "
                           f"'preprocess.images: true' and {train.feature!r} in 'preprocess.image_features' "
                           f"(now {pre.image_features})")
+    _check_input_shape(config, source)
     check_slurm(config.slurm, source)
     _check_dask_slurm(pre, source)
+
+
+def input_shape(config: ExperimentConfig) -> tuple[int, int]:
+    """(height, width) of one model input as preprocessing makes it: the square image of `preprocess.image_size`,
+    or the bins x frames of `train.feature`, whose centred STFT gives 1 + chunk samples // hop_length frames."""
+    pre = config.preprocess
+    if config.train.input == "images":
+        return pre.image_size, pre.image_size
+    bins = pre.n_mels if config.train.feature == "logmel" else pre.n_mfcc
+    return bins, 1 + round(pre.chunk_seconds * config.data.sample_rate) // pre.hop_length
+
+
+def _deepest_map(model: str, n: int) -> int:
+    """Length that an input axis of length `n` has at the model's deepest BatchNorm (pipeline/train/models.py): the
+    cnn halves it (while >= 2) before its last three blocks; ResNet-50's five stride-2 layers round up; DenseNet-121's
+    stem rounds up twice, then its three transitions halve it while >= 2."""
+    def halve(k: int) -> int:
+        return k // 2 if k >= 2 else k
+
+    def round_up(k: int) -> int:
+        return (k + 1) // 2
+
+    for step in {"cnn": [halve] * 3, "resnet50": [round_up] * 5, "densenet121": [round_up] * 2 + [halve] * 3}[model]:
+        n = step(n)
+    return n
+
+
+def _check_input_shape(config: ExperimentConfig, source: str) -> None:
+    """Model inputs that cannot train, refused before preprocessing spends hours making them. Every model takes
+    any input of at least 1 x 1 (13 MFCCs, 1 s chunks, small images) at a batch size of 2 or more; at batch size 1
+    a BatchNorm in training needs its deepest map to hold more than one value."""
+    pre, train, rate = config.preprocess, config.train, config.data.sample_rate
+    samples = round(pre.chunk_seconds * rate)
+    if samples <= pre.n_fft // 2:  # torch.stft's centred reflect padding needs more samples than it pads
+        raise ConfigError(f"{source}: 'preprocess.chunk_seconds' {pre.chunk_seconds} is {samples} samples at "
+                          f"'data.sample_rate' {rate}; 'preprocess.n_fft' {pre.n_fft} needs chunks of more than "
+                          f"{pre.n_fft // 2} samples")
+    if train.model == "lstm" and train.input == "images":
+        raise ConfigError(f"{source}: 'train.model: lstm' reads the frames of a feature; 'train.input: images' needs "
+                          f"cnn, resnet50 or densenet121")
+    if train.model == "lstm" or min(train.batch_sizes or [train.batch_size]) > 1:
+        return
+    height, width = input_shape(config)
+    if _deepest_map(train.model, height) * _deepest_map(train.model, width) >= 2:
+        return
+    smallest = min(n for n in range(1, 1025) if _deepest_map(train.model, n) >= 2)
+    given = ("'preprocess.image_size'" if train.input == "images" else
+             f"the 'preprocess.{'n_mels' if train.feature == 'logmel' else 'n_mfcc'}' bins of 'train.feature: "
+             f"{train.feature}', 'preprocess.chunk_seconds', 'preprocess.hop_length' and 'data.sample_rate'")
+    raise ConfigError(f"{source}: 'train.model: {train.model}' at batch size 1 ('train.batch_size'/"
+                      f"'train.batch_sizes') takes inputs of at least {smallest} bins or frames on one axis (smallest "
+                      f"input {smallest} x 1 or 1 x {smallest}): a BatchNorm in training needs more than one value per "
+                      f"channel, and its deepest map would be 1 x 1. The config gives {height} x {width} (from "
+                      f"{given}); use a batch size of 2 or more or a larger input")
 
 
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.config import ExperimentConfig, save_config
 from pipeline.data.demo import build_demo
-from pipeline.data.manifest import manifest_for, write_manifest
+from pipeline.data.manifest import manifest_and_summary, write_manifest
 from pipeline.data.spoof import build_spoof, is_built
 
 
@@ -25,13 +25,15 @@ def data_stage(config: ExperimentConfig) -> Path:
     elif config.data.source == "spoof" and not is_built(root):
         print(f"data: building the spoof dataset (natural vs synthetic speech) in {root}", flush=True)
         build_spoof(root, config.data.sample_rate, workers=config.preprocess.workers)
-    rows = manifest_for(config.data)
+    rows, found = manifest_and_summary(config.data)
     manifest = Path(config.run_dir) / "manifest.csv"
     write_manifest(rows, manifest)
     per_split = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
     speakers = {s: len({r.speaker for r in rows if r.split == s}) for s in ("train", "val", "test")}
     print(f"data: {len(rows)} source files in {len({r.label for r in rows})} classes, files per split "
-          f"{per_split}, speakers per split {speakers} (split by {config.data.split.by}) -> {manifest}", flush=True)
+          f"{per_split}, speakers per split {speakers} (split by {config.data.split.by}), "
+          f"{found.duplicate_files} names share a recording with another ({found.duplicate_groups} recordings, "
+          f"{found.conflicts} with differing label/speaker, split as one) -> {manifest}", flush=True)
     return manifest
 
 
@@ -41,7 +43,9 @@ def preprocess_stage(config: ExperimentConfig) -> dict:
 
     with dask_executor(config.preprocess, log_dir=Path(config.run_dir) / "slurm" / "logs") as executor:
         summary = preprocess(config, executor)
-    print(f"preprocess: {summary['chunks']} chunks from {summary['files']} files in {summary['seconds']:.1f} s, "
+    this_run = summary["runs"][-1]
+    print(f"preprocess: {summary['chunks']} chunks from {summary['files']} files; this run did {this_run['tasks']} "
+          f"of {summary['tasks']} tasks ({this_run['chunks']} chunks) in {this_run['seconds']:.1f} s, "
           f"{summary['rejected_files']} files rejected (reasons in "
           f"{Path(config.run_dir) / 'features' / 'rejects.csv'})", flush=True)
     return summary

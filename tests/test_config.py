@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,9 +15,27 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_demo_config_loads_with_types():
     config = load_config(ROOT / "configs" / "demo.yaml")
-    assert config.train.world_sizes == [1, 2, 4]
+    assert config.train.world_sizes == [1, 2]
     assert config.preprocess.n_mfcc == 13
     assert isinstance(config.preprocess.chunk_seconds, float)
+
+
+def test_every_config_writes_where_git_does_not_track_but_the_references():
+    """A new user's run must never land in (and skip work because of) a committed reference run."""
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        run_dir = load_config(path).run_dir
+        reference = path.stem.endswith("-reference")
+        assert run_dir.startswith("results/reference/" if reference else "runs/"), (path.name, run_dir)
+
+
+def test_a_run_folder_loads_in_place_of_its_config_with_run_dir_where_it_is_now(tmp_path):
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "config.yaml").write_text("run_dir: somewhere/else\ntrain:\n  lr: 0.01\n")
+    config = load_experiment(moved, ["train.epochs=7"])
+    assert (config.run_dir, config.train.lr, config.train.epochs) == (str(moved), 0.01, 7)
+    with pytest.raises(ConfigError, match="a folder without config.yaml"):
+        load_experiment(tmp_path)
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

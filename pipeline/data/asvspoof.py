@@ -13,7 +13,9 @@ environment in PA; neither reaches the manifest, whose rows are the same for eve
 SYSTEM for whoever wants to score per attack.
 
 Protocols list tens of thousands of files, so the audio folder is read once rather than stat-ed once per line (each
-stat is a round trip on a cluster file system). Every error names the protocol file, the line and the bad value.
+stat is a round trip on a cluster file system); the manifest stats each file once afterwards, to find names of one
+recording. Rows name the audio by its file name, relative to the audio folder (the data root). Every error names
+the protocol file, the line and the bad value.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class ProtocolEntry:
     key: str
     """`bonafide` or `spoof`: the label."""
     path: str
-    """The resolved audio file of FILE under the audio folder."""
+    """The audio file of FILE relative to the audio folder (its name there), as the manifest names it."""
 
 
 def read_protocol(protocol: Path, root: Path) -> list[ProtocolEntry]:
@@ -84,7 +86,7 @@ def read_protocol(protocol: Path, root: Path) -> list[ProtocolEntry]:
         if path is None:
             raise ValueError(f"{where}: FILE {file!r}: no audio file {root / (file + AUDIO_SUFFIXES[0])} "
                              f"(nor {AUDIO_SUFFIXES[1]})")
-        entries.append(ProtocolEntry(number, speaker, file, system, key, str(path.resolve())))
+        entries.append(ProtocolEntry(number, speaker, file, system, key, path.name))
     if not entries:
         raise ValueError(f"{protocol}: no protocol lines (empty file); expected one '{COLUMNS}' line per utterance")
     keys = sorted({e.key for e in entries})

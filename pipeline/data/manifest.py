@@ -17,29 +17,85 @@ Where the rows come from (`manifest_for`):
 A folder lists what is there, so an entry named like audio that is no readable file (a dangling link, a directory
 `x.wav`) is listed too and preprocessing rejects it with its reason. A CSV or protocol claims that its files exist,
 so one that does not is an error naming the line: the list and the data disagree, e.g. a wrong `root`.
+
+Rows name their file relative to the data root (`data_root`), in POSIX form, and the root is recorded once, in the
+run folder's config.yaml: a manifest made on one file system then serves on another, or in a colleague's copy of the
+run folder, by pointing `data.root` at the data there. Only a CSV's own reference to a file outside its folder
+stays absolute.
+
+Names are kept as the user gave them, links included: class folders are often built from symbolic links rather
+than copies. Several names of one recording (links, hard links, identical copies) form a group that is split as one
+unit (`recording_groups`), so that no recording is heard in training and tested on too.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 import random
+import stat
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.audio import AUDIO_SUFFIXES
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.io import atomic_write_csv
 
 SPLITS = ("train", "val", "test")
+T = TypeVar("T", bound=Hashable)
 
 
 @dataclass(frozen=True)
 class SourceFile:
     path: str
+    """POSIX path relative to the data root (`source_path` joins them); absolute only for a CSV's file elsewhere."""
     label: str
     speaker: str
     split: str
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """Several names of one recording found in a dataset: worth a line of the data summary, since a linked or copied
+    dataset that the user thinks has N recordings has fewer."""
+
+    duplicate_files: int
+    """Files that share their recording with at least one other file of the manifest."""
+    duplicate_groups: int
+    """Recordings that have more than one name."""
+    conflicts: int
+    """Groups whose names disagree on the label (or, split by speaker, on the speaker); the whole group follows its
+    first name."""
+
+
+def data_root(config: DataConfig) -> Path:
+    """The folder that manifest, index and rejects paths are relative to: the CSV manifest's folder for `csv`
+    (where its relative paths already start), else `data.root`."""
+    if config.source != "csv":
+        return Path(config.root)
+    if not config.manifest:
+        raise ValueError("data.source is csv but data.manifest names no CSV file")
+    return Path(config.manifest).parent
+
+
+def source_path(root: str | Path, row_path: str) -> Path:
+    """The file a manifest row names: `row_path` under `root` (an absolute `row_path` stays itself)."""
+    return Path(root) / row_path
+
+
+def relative_path(root: Path, path: str | Path) -> str:
+    """`path` (if relative, relative to `root`) as a manifest names it: POSIX, relative to `root` when it lies under
+    it, else absolute. Normalised as text only (`./a` is `a`), never resolved, so that link names stay."""
+    path = Path(os.path.normpath(path))
+    if path.is_absolute():
+        for base in (os.path.abspath(root), os.path.realpath(root)):
+            if path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
+    return path.as_posix()
 
 
 def discover(root: Path) -> dict[str, list[Path]]:
@@ -68,19 +124,64 @@ def speaker_of(path: Path, class_folder: Path) -> str:
 
 
 def folder_sources(root: Path) -> list[SourceFile]:
-    """One row per audio file of a folder-per-class dataset, without a split yet."""
+    """One row per audio file of a folder-per-class dataset, without a split yet, named relative to `root` as found
+    (a link is not resolved: its name is the one the user chose)."""
     root = Path(root)
-    return [SourceFile(str(_absolute(path)), label, speaker_of(path, root / label), "")
+    return [SourceFile(path.relative_to(root).as_posix(), label, speaker_of(path, root / label), "")
             for label, files in discover(root).items() for path in files]
 
 
-def _absolute(path: Path) -> Path:
-    """The resolved path; for a dangling link the link itself, since its target names nothing a reject could show."""
-    return path.resolve() if path.exists() else path.parent.resolve() / path.name
+def recording_groups(root: Path, rows: list[SourceFile]) -> list[list[int]]:
+    """Indices of `rows` grouped by the recording they name, groups and members in row order.
+
+    Two names are one recording when they are the same file (one inode: symbolic or hard links) or have the same
+    content (identical copies). Contents are only hashed where sizes collide, so a dataset without copies costs one
+    stat per file. Entries that hold no recording (dangling links, directories, FIFOs, empty files) stay alone:
+    preprocessing rejects each of them with its reason.
+    """
+    keys: list[Hashable] = []
+    inodes_by_size: dict[int, dict[tuple[int, int], Path]] = {}
+    for i, row in enumerate(rows):
+        path = source_path(root, row.path)
+        try:
+            info = path.stat()
+        except OSError:
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            keys.append(("alone", i))
+            continue
+        keys.append((info.st_dev, info.st_ino))
+        inodes_by_size.setdefault(info.st_size, {}).setdefault(keys[-1], path)
+    content: dict[Hashable, Hashable] = {}
+    for size, inodes in inodes_by_size.items():
+        if len(inodes) > 1:
+            content.update({inode: (size, file_digest(path)) for inode, path in inodes.items()})
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(content.get(key, key), []).append(i)
+    return list(groups.values())
 
 
-def split_files(files: list[Path], split: SplitConfig, label: str) -> dict[Path, str]:
-    """Assign each file of one class to a split; every split gets a file when there are at least three."""
+def file_digest(path: Path) -> bytes:
+    """BLAKE2b of the whole file, read in blocks so that long recordings need no memory."""
+    digest = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+def summarize(rows: list[SourceFile], groups: list[list[int]], by: str) -> ManifestSummary:
+    """Count the groups of several names and those whose names disagree on what the split follows."""
+    shared = [g for g in groups if len(g) > 1]
+    decides = (lambda r: (r.label, r.speaker)) if by == "speaker" else (lambda r: r.label)
+    return ManifestSummary(sum(map(len, shared)), len(shared),
+                           sum(len({decides(rows[i]) for i in g}) > 1 for g in shared))
+
+
+def split_files(files: list[T], split: SplitConfig, label: str) -> dict[T, str]:
+    """Assign each file (or group of names of one recording) of one class to a split; every split gets one when
+    there are at least three."""
     order = list(files)
     random.Random(f"{split.seed}:{label}").shuffle(order)
     n = len(order)
@@ -140,50 +241,66 @@ def split_speakers(speakers: dict[str, list[str]], split: SplitConfig) -> dict[s
     return assigned
 
 
-def assign_splits(rows: list[SourceFile], split: SplitConfig) -> list[SourceFile]:
-    """Give every row its split (by file or by speaker, as `split.by` says), sorted by path."""
-    labels = sorted({r.label for r in rows})
+def assign_splits(rows: list[SourceFile], split: SplitConfig,
+                  groups: list[list[int]] | None = None) -> list[SourceFile]:
+    """Give every row its split (by file or by speaker, as `split.by` says), sorted by path.
+
+    `groups` (from `recording_groups`; by default each row alone) are split as units: every name of a recording
+    gets the split of the group's first name, whose label (and speaker) decide it.
+    """
+    groups = groups if groups is not None else [[i] for i in range(len(rows))]
+    firsts = [rows[g[0]] for g in groups]
     if split.by == "speaker":
         missing = [r for r in rows if not r.speaker]
         if missing:
             raise ValueError(f"split.by speaker: {len(missing)} file(s) have no speaker, e.g. {missing[0].path}")
         speakers: dict[str, list[str]] = {}
-        for r in rows:
+        for r in firsts:
             speakers.setdefault(r.label, []).append(r.speaker)
         by_speaker = split_speakers(speakers, split)
-        out = [replace(r, split=by_speaker[r.speaker]) for r in rows]
+        names = [by_speaker[r.speaker] for r in firsts]
     else:
-        out = []
-        for label in labels:
-            group = [r for r in rows if r.label == label]
-            names = split_files([Path(r.path) for r in group], split, label)
-            out += [replace(r, split=names[Path(r.path)]) for r in group]
+        by_group: dict[int, str] = {}
+        for label in sorted({r.label for r in firsts}):
+            by_group.update(split_files([k for k, r in enumerate(firsts) if r.label == label], split, label))
+        names = [by_group[k] for k in range(len(groups))]
+    out = [replace(rows[i], split=name) for g, name in zip(groups, names, strict=True) for i in g]
     return sorted(out, key=lambda r: r.path)
 
 
 def build_manifest(root: Path, split: SplitConfig) -> list[SourceFile]:
     """The manifest of a folder-per-class dataset under `root`."""
-    return assign_splits(folder_sources(root), split)
+    rows = folder_sources(root)
+    return assign_splits(rows, split, recording_groups(root, rows))
 
 
 def manifest_for(config: DataConfig) -> list[SourceFile]:
     """The manifest of the data section of an experiment (the dataset itself must exist already)."""
+    return manifest_and_summary(config)[0]
+
+
+def manifest_and_summary(config: DataConfig) -> tuple[list[SourceFile], ManifestSummary]:
+    """`manifest_for` and what it found about names sharing a recording, for the data summary."""
+    root = data_root(config)
+    complete = False
     if config.source == "asvspoof":
         from pipeline.data.asvspoof import asvspoof_sources  # imported here: that module builds on SourceFile
 
         if not config.protocol:
             raise ValueError("data.source is asvspoof but data.protocol names no protocol file")
-        return assign_splits(asvspoof_sources(Path(config.protocol), Path(config.root)), config.split)
-    if config.source != "csv":
-        return build_manifest(Path(config.root), config.split)
-    if not config.manifest:
-        raise ValueError("data.source is csv but data.manifest names no CSV file")
-    rows, complete = read_csv_sources(Path(config.manifest), need_speakers=config.split.by == "speaker")
+        rows = asvspoof_sources(Path(config.protocol), root)
+    elif config.source == "csv":
+        rows, complete = read_csv_sources(Path(str(config.manifest)), need_speakers=config.split.by == "speaker")
+    else:
+        rows = folder_sources(root)
+    groups = recording_groups(root, rows)
+    summary = summarize(rows, groups, config.split.by)
     if not complete:
-        return assign_splits(rows, config.split)
+        return assign_splits(rows, config.split, groups), summary
+    check_groups_in_one_split(rows, groups, config.manifest)
     if config.split.by == "speaker":
         check_speakers_disjoint(rows, config.manifest)
-    return sorted(rows, key=lambda r: r.path)
+    return sorted(rows, key=lambda r: r.path), summary
 
 
 CSV_COLUMNS = ("path", "label", "speaker", "split")
@@ -192,16 +309,17 @@ CSV_COLUMNS = ("path", "label", "speaker", "split")
 def read_csv_sources(csv_path: Path, need_speakers: bool = False) -> tuple[list[SourceFile], bool]:
     """Rows of a CSV manifest, and whether its `split` column is filled on every row.
 
-    Columns (any order, others are ignored): `path` (relative paths are relative to the CSV's folder), `label`,
-    optionally `speaker` and `split`. An empty or absent speaker makes the file its own speaker (its resolved path),
-    unless `need_speakers` (a speaker split), where it is an error. `split` values are train, val or test; when every
-    row has one they are used as they are, otherwise the configured split is applied to all rows and the column is
-    only checked. Errors name the CSV file, the line and the column.
+    Columns (any order, others are ignored): `path` (relative paths are relative to the CSV's folder, and rows name
+    files relative to it, see `relative_path`), `label`, optionally `speaker` and `split`. An empty or absent
+    speaker makes the file its own speaker (its path), unless `need_speakers` (a speaker split), where it is an
+    error. `split` values are train, val or test; when every row has one they are used as they are, otherwise the
+    configured split is applied to all rows and the column is only checked. Errors name the CSV file, the line and
+    the column.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: CSV manifest not found")
-    base = csv_path.resolve().parent
+    base = csv_path.parent
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in reader.fieldnames or []]
@@ -224,13 +342,12 @@ def read_csv_sources(csv_path: Path, need_speakers: bool = False) -> tuple[list[
 
             if not cell("path"):
                 raise fail("path", "empty")
-            path = Path(cell("path"))
-            path = (path if path.is_absolute() else base / path).resolve()
-            if not path.is_file():
-                raise fail("path", f"file not found: {path}")
-            if str(path) in seen:
-                raise fail("path", f"{path} is already listed on line {seen[str(path)]}")
-            seen[str(path)] = line
+            path = relative_path(base, cell("path"))
+            if not source_path(base, path).is_file():
+                raise fail("path", f"file not found: {source_path(base, path)}")
+            if path in seen:
+                raise fail("path", f"{path} is already listed on line {seen[path]}")
+            seen[path] = line
             if not cell("label"):
                 raise fail("label", "empty")
             if need_speakers and not cell("speaker"):
@@ -238,12 +355,24 @@ def read_csv_sources(csv_path: Path, need_speakers: bool = False) -> tuple[list[
             if cell("split") and cell("split") not in SPLITS:
                 raise fail("split", f"{cell('split')!r} is not one of {', '.join(SPLITS)} (or empty)")
             given.append(cell("split"))
-            rows.append(SourceFile(str(path), cell("label"), cell("speaker") or str(path), cell("split")))
+            rows.append(SourceFile(path, cell("label"), cell("speaker") or path, cell("split")))
     labels = {r.label for r in rows}
     if len(labels) < 2:
         raise ValueError(f"{csv_path}: needs at least two labels, found {sorted(labels)}")
     complete = all(given)
     return (rows if complete else [replace(r, split="") for r in rows]), complete
+
+
+def check_groups_in_one_split(rows: list[SourceFile], groups: list[list[int]], source: object) -> None:
+    """Raise if a CSV's split column puts two names of one recording in two splits (it would be tested on what
+    the model trained on)."""
+    split_up = [g for g in groups if len({rows[i].split for i in g}) > 1]
+    if split_up:
+        a = rows[split_up[0][0]]
+        b = next(rows[i] for i in split_up[0] if rows[i].split != a.split)
+        raise ValueError(f"{source}: {a.path} ({a.split}) and {b.path} ({b.split}) are one recording (the same file "
+                         f"or identical content) in two splits ({len(split_up)} such recording(s)); give all names "
+                         "of a recording the same split")
 
 
 def check_speakers_disjoint(rows: list[SourceFile], source: object) -> None:

@@ -1,21 +1,25 @@
-"""The preprocessing settings a features folder was made with, so a rerun never mixes shards of two settings.
+"""What a features folder was made with, so a rerun never mixes shards of two settings, manifests or code versions.
 
-A rerun skips complete shards; that is only right if they were made the way the config now asks. The settings that
-shape the outputs are stored in features/params.json on the first run and compared on every later one. Settings that
-only decide where or how fast the work runs (workers, cluster, device) are left out, so resuming on other hardware
-is fine.
+A rerun skips complete shards; that is only right if they were made the way the config now asks, from the same
+manifest (task k is files k*n .. k*n+n-1 of it), by the same code. features/fingerprint.json records the settings
+that shape the outputs, a digest of manifest.csv and the code version (see pipeline.fingerprint) on the first run;
+every later run compares. Settings that only decide where or how fast the work runs (workers, cluster, device) are
+left out, so resuming on other hardware is fine; the manifest names files relative to the data root, so moving the
+data is fine too.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig, to_dict
-from pipeline.io import atomic_write_json
+from pipeline.fingerprint import check_or_record as check_fingerprint
+from pipeline.fingerprint import code_version, file_digest
 
 EXECUTION_ONLY = {"workers", "scheduler_file", "cluster", "slurm_cluster", "interface", "device"}
 """PreprocessConfig keys that do not change what is written."""
+
+FINGERPRINT = "fingerprint.json"
 
 
 def output_settings(config: ExperimentConfig) -> dict:
@@ -23,16 +27,13 @@ def output_settings(config: ExperimentConfig) -> dict:
     return {"sample_rate": config.data.sample_rate, **settings}
 
 
+def features_fingerprint(config: ExperimentConfig) -> dict:
+    manifest = Path(config.run_dir) / "manifest.csv"
+    return {"settings": output_settings(config), "manifest_sha256": file_digest(manifest), "code": code_version()}
+
+
 def check_or_record(config: ExperimentConfig) -> None:
-    """Record the settings of a new features folder; refuse to continue one made with other settings."""
-    path = Path(config.run_dir) / "features" / "params.json"
-    wanted = output_settings(config)
-    if not path.is_file():
-        atomic_write_json(path, wanted)
-        return
-    made_with = json.loads(path.read_text())
-    changed = sorted(k for k in wanted.keys() | made_with.keys() if wanted.get(k) != made_with.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {made_with.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
-        raise ValueError(f"{path.parent}: made with other preprocessing settings ({details}); delete that folder "
-                         "or choose a new run_dir to preprocess with these")
+    """Record the fingerprint of a new features folder; refuse to continue one made otherwise."""
+    features = Path(config.run_dir) / "features"
+    check_fingerprint(features / FINGERPRINT, features_fingerprint(config), "features",
+                      f"delete {features} (or choose a new run_dir) to preprocess again with these")

@@ -6,6 +6,8 @@ None to run serially in the calling process (tests, debugging).
 
 from __future__ import annotations
 
+import datetime
+import json
 import sys
 import time
 from collections import Counter
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ExperimentConfig
-from pipeline.data.manifest import SourceFile, read_manifest
+from pipeline.data.manifest import SourceFile, data_root, read_manifest
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.preprocess import shards
 from pipeline.preprocess.gallery import write_galleries
@@ -50,20 +52,37 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
     workers = _worker_count(executor)
     try:
         summaries = [shards.read_summary(features, task_id) for task_id in sorted(complete)]
-        for summary in _run(pending, (config.preprocess, config.data.sample_rate, str(run_dir)), executor, progress):
+        root = str(data_root(config.data).absolute())  # here, so that workers started elsewhere find the data
+        args = (config.preprocess, config.data.sample_rate, str(run_dir), root)
+        for summary in _run(pending, args, executor, progress):
             summaries.append(summary)
             workers = max(workers, _worker_count(executor))
     finally:
         progress.close()
     shards.remove_partial(features)  # what attempts on workers that died left behind
+    done_now = [s for s in summaries if s["task_id"] not in complete]
     summaries.sort(key=lambda s: s["task_id"])
     summary, index = _write_index(features, summaries)
     write_galleries(run_dir, index, config.preprocess.hop_length, config.data.sample_rate)
-    summary["workers"] = workers
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    summary["chunks_per_second"] = round(summary["chunks"] / max(summary["seconds"], 1e-9), 2)
+    this_run = {"tasks": len(done_now), "chunks": sum(s["chunks"] for s in done_now),
+                "seconds": round(time.perf_counter() - started, 3), "workers": workers,
+                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    runs = [*_earlier_runs(features), this_run]
+    summary["runs"] = runs
+    summary["tasks_without_record"] = max(0, len(tasks) - sum(r["tasks"] for r in runs))
     atomic_write_json(features / "summary.json", summary)
     return summary
+
+
+def _earlier_runs(features_dir: Path) -> list[dict]:
+    """The runs recorded by the summary of an earlier run of this features folder.
+
+    A run's time is a throughput only for the tasks that run did, so every run is kept with its own tasks, chunks,
+    seconds and workers; a rerun that found every shard complete is recorded with 0 tasks. A run that stopped
+    before writing its summary leaves its tasks unrecorded (`tasks_without_record`).
+    """
+    path = features_dir / "summary.json"
+    return json.loads(path.read_text()).get("runs", []) if path.is_file() else []
 
 
 def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Progress) -> Iterator[dict]:

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.audio import AudioError, load_audio
 from pipeline.config import PreprocessConfig
-from pipeline.data.manifest import SourceFile
+from pipeline.data.manifest import SourceFile, source_path
 from pipeline.preprocess import images, shards
 from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
@@ -31,9 +31,10 @@ class Task:
 
 
 def chunk_name(source: SourceFile, chunk: int) -> str:
-    """File stem of a chunk's image or wav: the source's stem, a digest of its path (two sources may share a stem),
-    and the chunk's position. The stem is cut to STEM_BYTES (at a character boundary), so that a source name near the
-    255-byte limit of file names still gives images; the digest keeps cut names apart."""
+    """File stem of a chunk's image or wav: the source's stem, a digest of its path (two sources may share a stem;
+    the path is relative to the data root, so names do not depend on where the data lies), and the chunk's
+    position. The stem is cut to STEM_BYTES (at a character boundary), so that a source name near the 255-byte limit
+    of file names still gives images; the digest keeps cut names apart."""
     digest = hashlib.sha1(source.path.encode()).hexdigest()[:8]
     stem = Path(source.path).stem.encode()[:STEM_BYTES].decode(errors="ignore")
     return f"{stem}-{digest}-c{chunk:04d}"
@@ -47,8 +48,9 @@ BATCH_CHUNKS = 256
 """Chunks per feature/image batch: large enough to amortise per-call overheads, small enough for any worker."""
 
 
-def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: str) -> dict:
-    """Process every file of `task`; returns the shard summary (chunks written, rejects, train statistics).
+def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: str, root: str) -> dict:
+    """Process every file of `task`, read from under the data `root`; returns the shard summary (chunks written,
+    rejects, train statistics).
 
     Chunks of all the task's files go through the features and images in batches. Images and chunk wavs are
     written in place without a temporary name: the shard folder, renamed into place last, marks the task complete,
@@ -62,10 +64,11 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
     extractor = FeatureExtractor(config, sample_rate, feature_device(config.device))
     decoded, rejects, silent = [], [], 0
     for source in task.files:
+        path = source_path(root, source.path)
         try:
-            samples = load_audio(source.path, sample_rate)
-        except (AudioError, OSError) as err:
-            rejects.append({"path": source.path, "reason": str(err)})
+            samples = load_audio(path, sample_rate)
+        except (AudioError, OSError) as err:  # the reason names the file as the manifest does, not this machine's path
+            rejects.append({"path": source.path, "reason": str(err).replace(str(path), source.path)})
             continue
         chunks = split_into_chunks(samples, config, sample_rate)
         silent += chunks.total - len(chunks.index)

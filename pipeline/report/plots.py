@@ -265,10 +265,13 @@ def preprocess_scaling(data: FigureData) -> Figure | None:
         base = curve[0]
         ax.plot(workers, [base.chunks_per_second * w / base.workers for w in workers], "k--",
                 label=f"ideal (linear from {base.workers} worker{'s' * (base.workers > 1)})")
-    if summary:
-        ticks.add(summary["workers"])
-        ax.plot([summary["workers"]], [summary["chunks_per_second"]], "D", color="C1", markersize=8,
-                label="this run's preprocessing (features/summary.json)")
+    worked = sections.worked_runs(summary) if summary else []
+    for k, run in enumerate(worked):
+        ticks.add(run["workers"])
+        ax.plot([run["workers"]], [run["chunks"] / max(run["seconds"], 1e-9)], "D", color="C1", markersize=8,
+                label="this run folder's preprocessing (features/summary.json)" if k == 0 else None)
+    if not curve and not worked:
+        return None
     if not curve:
         ax.text(0.5, 0.35, f"One measurement. For the curve over worker counts:\n{sections.SCALING_BENCHMARK} "
                 "--out RUN_DIR/preprocess_scaling.json", transform=ax.transAxes, ha="center", fontsize=8)

@@ -54,20 +54,20 @@ def write_report(run_dir: Path) -> Path:
     write_scaling(run_dir, rows, runs)
     report = report_config(run_dir)
     plots.write_figures(plots.FigureData(rows, report, run_dir))
-    blocks = build(run_dir, rows, skipped, failed, report)
+    blocks = build(run_dir, rows, skipped, failed, report, provenance_notes(runs))
     atomic_write_text(run_dir / "report.md", to_markdown(blocks))
     atomic_write_text(run_dir / "report.html", to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
     return run_dir / "report.md"
 
 
 def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict],
-          report: ReportConfig) -> list[Block]:
+          report: ReportConfig, provenance: list[str] | None = None) -> list[Block]:
     first = rows[0]
     hardware = (f"Measured {first['measured_at']} on `{first['hostname']}`: {first['cpu_model']}, "
                 f"{first['cpu_cores_available']} CPU cores available"
                 + (f", GPU {first['gpu_model']}" if "gpu_model" in first else "") + ". Versions: "
                 + ", ".join(f"{k} {v}" for k, v in first["versions"].items())
-                + f". Launcher: {first['launcher']}. " + _repeats_sentence(rows))
+                + f". Launcher: {first['launcher']}. " + _code_sentence(first) + _repeats_sentence(rows))
     blocks: list[Block] = [Heading(f"Scaling report: {run_dir.name}", 1), Paragraph(hardware)]
     if failed:
         blocks += [Heading("Configurations without results"),
@@ -84,9 +84,36 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dic
                for name in firsts if (run_dir / "configs" / name / "confusion_test.png").exists()]
     blocks += [Heading("How this was measured"), Bullets(METHOD)]
     blocks += [Heading("Read this before quoting the numbers"),
-               Bullets(honesty_notes(rows, skipped) + sections.gpu_sharing_notes(rows))]
+               Bullets((provenance or []) + honesty_notes(rows, skipped) + sections.gpu_sharing_notes(rows))]
     blocks += sections.preprocess_section(run_dir)
     return blocks
+
+
+PROVENANCE = {"hostname": "machine", "cpu_model": "CPU", "gpu_model": "GPU", "versions": "library versions",
+              "code": "code version"}
+"""Facts that every configuration of one report should share; where they differ the report says so."""
+
+
+def _code_sentence(row: dict) -> str:
+    code = row.get("code")
+    if not code:
+        return "Code version: not recorded (trained by an older version of the pipeline). "
+    commit = f", commit {code['commit']}" if code.get("commit") else ""
+    return f"Code: audio-ddp-pipeline {code['package']}, source digest {code['source_sha256']}{commit}. "
+
+
+def provenance_notes(runs: list[dict]) -> list[str]:
+    """One note per fact that differs between the runs of this report, naming which runs have which value: a table
+    that mixes machines or code versions must say so next to its numbers."""
+    notes = []
+    for key, what in PROVENANCE.items():
+        values: dict[str, list[str]] = {}
+        for run in runs:
+            values.setdefault(repr(run.get(key)), []).append(run["name"])
+        if len(values) > 1:
+            parts = "; ".join(f"{', '.join(names)}: {value}" for value, names in values.items())
+            notes.append(f"These configurations were not all measured with the same {what}: {parts}.")
+    return notes
 
 
 BUSY_MARGIN = 0.75

@@ -191,6 +191,31 @@ def preprocess_benchmark(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def worked_runs(summary: dict) -> list[dict]:
+    """The preprocessing runs of a features folder that did tasks (a rerun that found every shard complete did
+    none, and its time is no throughput)."""
+    return [r for r in summary.get("runs", []) if r["tasks"]]
+
+
+def work_done(summary: dict) -> str:
+    """Which runs did the work, how fast each was, and what is not accounted for."""
+    runs = summary.get("runs", [])
+    worked = worked_runs(summary)
+    parts = [f"run {k} of {len(runs)}: {r['tasks']} tasks, {r['chunks']} chunks in {r['seconds']:.1f} s "
+             f"({r['chunks'] / max(r['seconds'], 1e-9):.1f} chunks/s, {r['workers']} Dask workers)"
+             for k, r in enumerate(runs, start=1) if r["tasks"]]
+    text = ("Preprocessing throughput, per run that did tasks: " + "; ".join(parts) + "."
+            if worked else "No preprocessing run of this folder has a record of the tasks it did, so no throughput "
+            "is given.")
+    idle = len(runs) - len(worked)
+    if idle:
+        text += f" {idle} later run(s) found every shard complete and did no work (their time is not a throughput)."
+    if summary.get("tasks_without_record"):
+        text += (f" {summary['tasks_without_record']} tasks were done by runs that stopped before writing a summary; "
+                 "their time is not counted.")
+    return text
+
+
 def preprocess_section(run_dir: Path) -> list[Block]:
     """What preprocessing did and how fast (features/summary.json), and how it scales with Dask workers: the
     benchmark's curve when the run folder holds one, else how to measure it."""
@@ -199,9 +224,8 @@ def preprocess_section(run_dir: Path) -> list[Block]:
         return []
     split = s.get("chunks_per_split", {})
     text = (f"{s['files']} source files -> {s['chunks']} chunks (train/val/test {split.get('train', '?')}/"
-            f"{split.get('val', '?')}/{split.get('test', '?')}, split by source file) in {s['seconds']:.1f} s "
-            f"({s['chunks_per_second']:.1f} chunks/s, {s.get('workers', '?')} Dask workers, {s['tasks']} tasks); "
-            f"{s['rejected_files']} files rejected (listed in features/rejects.csv).")
+            f"{split.get('val', '?')}/{split.get('test', '?')}) in {s['tasks']} tasks; {s['rejected_files']} files "
+            f"rejected (listed in features/rejects.csv). {work_done(s)}")
     nodes = s.get("tasks_per_node") or {}
     if len(nodes) > 1:
         text += " Tasks per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()) + "."

@@ -44,7 +44,7 @@ def describe_environment(device: torch.device, threads_per_rank: int, world_size
         "hostname": socket.gethostname(), "cpu_model": cpu_model(), "cpu_cores_available": cores,
         "threads_per_rank": threads_per_rank, "launcher": "torchrun",
         "oversubscribed": device.type == "cpu" and threads_per_rank * world_size > cores,
-        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         # Runnable processes over the last minute, this job's ranks included: more than the ranks x threads means
         # something else shared the cores while this was measured.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

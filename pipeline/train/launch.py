@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import ExperimentConfig
+from pipeline import fingerprint
+from pipeline.config import ExperimentConfig, to_dict
 from pipeline.io import atomic_write_json
+from pipeline.preprocess.params import FINGERPRINT
 from pipeline.train.distributed import require_backend
 from pipeline.train.environment import available_cores
 from pipeline.train.interrupt import TrainingInterrupted
@@ -97,6 +99,36 @@ def plan(config: ExperimentConfig, device_for=pick_device) -> list[TrainingRun]:
             for n in config.train.world_sizes for b in batch_sizes(config) for k in repeats]
 
 
+SWEEP_ONLY = {"world_sizes", "batch_sizes", "batch_size", "repeats", "device", "skip_oversubscribed", "max_restarts",
+              "requeue"}
+"""TrainConfig keys that shape the sweep or its scheduling, not one run (whose own values replace them)."""
+
+
+def run_fingerprint(config: ExperimentConfig, run: TrainingRun) -> dict:
+    """What one run's outputs depend on: its training settings, the features it reads, the code."""
+    settings = {k: v for k, v in to_dict(config.train).items() if k not in SWEEP_ONLY}
+    settings.update(world_size=run.world_size, device=run.device, batch_size=run.batch_size, repeat=run.repeat,
+                    seed=config.train.seed + max(run.repeat, 1) - 1)
+    features = Path(config.run_dir) / "features" / FINGERPRINT
+    if not features.is_file():
+        raise FileNotFoundError(f"{features}: the features carry no fingerprint (made by an older version of the "
+                                "pipeline); preprocess them again into a new run_dir")
+    return {"settings": settings, "features_sha256": fingerprint.file_digest(features),
+            "code": fingerprint.code_version()}
+
+
+def check_reuse(out: Path, wanted: dict) -> None:
+    """Refuse to skip or resume a run whose metrics or checkpoint were made otherwise than `wanted` says."""
+    made = [name for name in ("metrics.json", "checkpoints/last.pt") if (out / name).exists()]
+    if not made:
+        return
+    start_over = "retrain it with --force, or choose a new run_dir"
+    if not (out / FINGERPRINT).is_file():
+        raise fingerprint.StaleOutputs(f"{out}: {' and '.join(made)} carry no fingerprint (made by an older version "
+                                       f"of the pipeline); {start_over}")
+    fingerprint.check_or_record(out / FINGERPRINT, wanted, f"outputs of {out.name}", start_over)
+
+
 def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, only: str | None = None,
               launcher: str = "torchrun") -> list[Path]:
     """Run each configuration (or just `only`) that has no metrics.json yet, resuming from its checkpoint if it has
@@ -111,6 +143,9 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
     for run in runs:
         out = Path(config.run_dir) / "configs" / run.name
         folders.append(out)
+        wanted = run_fingerprint(config, run)
+        if not force:
+            check_reuse(out, wanted)
         if (out / "metrics.json").exists() and not force:
             print(f"train: {run.name} already has metrics.json, skipped (use --force to retrain)", flush=True)
             continue
@@ -126,6 +161,8 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
         (out / "skipped.json").unlink(missing_ok=True)
         if force:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            (out / "metrics.json").unlink(missing_ok=True)
+        fingerprint.record(out / FINGERPRINT, wanted)
         launch(run, config, config_path, out, launcher)
     return folders
 
@@ -153,7 +190,8 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
     """
     out.mkdir(parents=True, exist_ok=True)
     command = launch_command(run, config_path, out, launcher)
-    print(f"train: {run.name}: {' '.join(command)}", flush=True)
+    shown = [Path(part).name if part == sys.executable else part for part in command]  # no machine paths in logs
+    print(f"train: {run.name}: {' '.join(shown)}", flush=True)
     requeues = int(os.environ.get("SLURM_RESTART_COUNT", 0))
     for attempt in range(config.train.max_restarts + 1):
         env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank),
@@ -168,8 +206,8 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
             facts = json.loads(interrupted.read_text())
             raise TrainingInterrupted(
                 f"train: {run.name} stopped by {facts['signal']} in epoch {facts['epoch']} after "
-                f"{facts['batches_done']} batches; checkpoint {facts['checkpoint']}. Run the same command again "
-                "to resume.")
+                f"{facts['batches_done']} batches; checkpoint {out / 'checkpoints' / 'last.pt'}. Run the same command "
+                "again to resume.")
         if result.returncode == 0 and (out / "metrics.json").exists():
             return
         if attempt < config.train.max_restarts:

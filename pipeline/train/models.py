@@ -8,6 +8,11 @@
 Every model maps a [batch, in_channels, height, width] float tensor to [batch, n_classes] logits, so training and
 evaluation treat them alike (cross-entropy, argmax, softmax scores). `in_channels` is 1 for feature maps
 ([batch, 1, bins, frames], normalised) and 3 for ImageNet-normalised RGB spectrogram images.
+
+Every model takes any input of at least 1 x 1 (13 MFCC bins, 1 s chunks, small images): the halving pools of `cnn`
+and of DenseNet's transitions leave an axis of length 1 alone instead of shrinking it to 0 (`HalvingPool`), and
+ResNet's strided layers round up. What still cannot work, a BatchNorm in training that sees one value per channel
+(a batch of 1 whose deepest map is 1 x 1), is refused at config validation (`_check_input_shape` in pipeline/config.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.config import TrainConfig
 
@@ -81,6 +87,23 @@ def describe_init(config: TrainConfig) -> str:
     return "from scratch (no pretrained_weights)"
 
 
+class HalvingPool(nn.Module):
+    """A 2 x 2 max or average pool (stride 2) that leaves an axis shorter than 2 as it is.
+
+    A plain 2 x 2 pool turns an axis of length 1 into 0, so four of them refuse anything under 16 bins (13 MFCCs).
+    Wherever every pooled axis is >= 2 this is exactly nn.MaxPool2d(2) / nn.AvgPool2d(2), so the usual 64-mel case
+    and pretrained weights are unaffected (it has no parameters: state_dicts stay the same).
+    """
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.pool = {"max": F.max_pool2d, "avg": F.avg_pool2d}[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = tuple(2 if n >= 2 else 1 for n in x.shape[-2:])
+        return x if kernel == (1, 1) else self.pool(x, kernel)
+
+
 class SpectrogramCNN(nn.Module):
     """Seed 000's CNN over a [batch, in_channels, height, width] map.
 
@@ -94,7 +117,7 @@ class SpectrogramCNN(nn.Module):
 
         def block(c_in: int, c_out: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                                 nn.ReLU(inplace=True), nn.MaxPool2d(2))
+                                 nn.ReLU(inplace=True), HalvingPool("max"))
 
         self.binary = n_classes == 2
         self.features = nn.Sequential(block(in_channels, width // 2), block(width // 2, width),
@@ -156,6 +179,9 @@ class TransferNet(nn.Module):
         if config.pretrained_weights is not None:
             load_backbone_weights(backbone, Path(config.pretrained_weights), head_prefix=f"{head_attribute}.")
         setattr(backbone, head_attribute, classifier_head(head_features, n_classes, config.dropout))
+        if name == "densenet121":  # its transitions' 2 x 2 average pools would shrink a 1-long axis to 0
+            for transition in ("transition1", "transition2", "transition3"):
+                backbone.features.get_submodule(transition).pool = HalvingPool("avg")
         self.backbone = backbone
         self.block_names = BLOCKS[name]
         frozen = self._frozen_blocks(config)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import ExperimentConfig, load_config, to_dict
+from pipeline.fingerprint import code_version
 from pipeline.io import atomic_write, atomic_write_json
 from pipeline.train import distributed
 from pipeline.train.data import build_dataset, read_labels
@@ -140,6 +141,7 @@ def _finish(experiment: ExperimentConfig, repeat: int, outcome: Outcome, out: Pa
     }
     metrics.update(describe_environment(device, config.threads_per_rank, world))
     metrics["launcher"] = env.launcher
+    metrics["code"] = code_version()
     atomic_write_json(out / "metrics.json", metrics)
 
 
@@ -154,7 +156,7 @@ def _record_interruption(out: Path, outcome: Outcome, requeue: bool) -> None:
     atomic_write_json(out / INTERRUPTED, {
         "signal": signal.Signals(outcome.stop_signal).name, "epoch": progress.epoch,
         "batches_done": progress.batches_done, "optimizer_steps": progress.optimizer_steps,
-        "checkpoint": str(out / "checkpoints" / "last.pt"), "requeue": note})
+        "checkpoint": f"{out.name}/checkpoints/last.pt", "requeue": note})
 
 
 def _ranks_in_sync(model: torch.nn.Module) -> float:

@@ -113,7 +113,8 @@ def test_csv_manifest_with_relative_paths_and_odd_names(tmp_path):
     assert not complete and all(r.split == "" for r in rows)
     by_name = {Path(r.path).name: r for r in rows}
     assert set(by_name) == set(names) | {"deep.wav", "abs.wav"}
-    assert by_name["čeština ü.wav"].path == str((tmp_path / "audio" / "čeština ü.wav").resolve())
+    assert by_name["čeština ü.wav"].path == "../audio/čeština ü.wav"  # relative to the CSV's folder, as given
+    assert by_name["abs.wav"].path == str(tmp_path / "abs.wav")  # outside that folder: the user's own reference
     assert by_name['quote"d.wav'].speaker == "s1"
     assert by_name["deep.wav"].speaker == by_name["deep.wav"].path  # no speaker: the file is its own speaker
     config = DataConfig(source="csv", manifest=str(csv_path), split=SplitConfig(val=0.25, test=0.25))

@@ -94,11 +94,13 @@ class Good:
     exact: bool
     """Whether the decoded length is the encoded one (an MP3 without a LAME header keeps the encoder's delay)."""
     reference: str
-    """Path of the 16-bit wav of the same rate, cut and speech: its features are what this file's should be."""
+    """Path (relative to the data root) of the 16-bit wav of the same rate, cut and speech: its features are what
+    this file's should be."""
 
 
 def make_good_files(data: Path, source: Path) -> dict[str, Good]:
-    """Every encoding x rate x channel count, under <class>/<encoding>/ (a speaker sub-folder), and the odd names."""
+    """Every encoding x rate x channel count, under <class>/<encoding>/ (a speaker sub-folder), and the odd names,
+    by their path relative to `data` (as the manifest and index name them)."""
     good = {}
     n = 0
     for rate in RATES:
@@ -109,7 +111,7 @@ def make_good_files(data: Path, source: Path) -> dict[str, Good]:
                 n += 1
                 target = data / label / encoding / f"{rate} Hz {seconds} s{suffix}"
                 ffmpeg(source, target, seconds, rate, channels, codec)
-                good[str(target.resolve())] = Good(seconds, True, str(reference.resolve()))
+                good[target.relative_to(data).as_posix()] = Good(seconds, True, reference.relative_to(data).as_posix())
     speech, _ = sf.read(source, dtype="float32")
     click = np.random.default_rng(1).uniform(-0.5, 0.5, RATE // 20).astype(np.float32)
     loud_start = data.parent / "speech after a click.wav"
@@ -117,11 +119,11 @@ def make_good_files(data: Path, source: Path) -> dict[str, Good]:
     for rate in (22050, 44100):
         target = data / CLASSES[1] / "mp3 vbr" / f"{rate} Hz without Xing header.mp3"
         ffmpeg(loud_start, target, DURATIONS[1], rate, 1, VBR_MP3_WITHOUT_XING)
-        good[str(target.resolve())] = Good(DURATIONS[1], False, "")
+        good[target.relative_to(data).as_posix()] = Good(DURATIONS[1], False, "")
     for i, (name, codec) in enumerate(ODD_NAMES.items()):
         target = data / CLASSES[1 + i % 2] / name
         ffmpeg(source, target, DURATIONS[i % len(DURATIONS)], 44100, 1 + i % 2, codec)
-        good[str(target.resolve())] = Good(DURATIONS[i % len(DURATIONS)], "mp3" not in name, "")
+        good[target.relative_to(data).as_posix()] = Good(DURATIONS[i % len(DURATIONS)], "mp3" not in name, "")
     return good
 
 
@@ -273,8 +275,8 @@ def test_awkward_file_names_work_end_to_end_with_their_images(inputs):
             with Image.open(image) as picture:
                 assert picture.size == (32, 32)
     manifest = {r["path"] for r in read_csv(run / "manifest.csv")}
-    bad_folder = (inputs.data / CLASSES[1]).resolve()  # bad entries keep their own name, the dangling link too
-    assert manifest == set(inputs.good) | {str(bad_folder / name) for name in inputs.bad}
+    # relative to the data root; bad entries keep their own name, the dangling link too
+    assert manifest == set(inputs.good) | {f"{CLASSES[1]}/{name}" for name in inputs.bad}
 
 
 def test_bad_files_are_rejected_with_what_went_wrong(inputs):

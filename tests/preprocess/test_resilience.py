@@ -111,7 +111,7 @@ def test_a_retried_attempt_of_a_finished_task_keeps_the_first_shard(tmp_path, sp
     task = Task(0, (read_manifest(Path(config.run_dir) / "manifest.csv")[0],))
     features = Path(config.run_dir) / "features"
     features.mkdir()
-    first = run_task(task, config.preprocess, config.data.sample_rate, config.run_dir)
+    first = run_task(task, config.preprocess, config.data.sample_rate, config.run_dir, config.data.root)
     before = {p.name: p.stat().st_mtime_ns for p in shards.shard_dir(features, 0).iterdir()}
     shards.write_shard(features, 0, {"logmel": np.zeros((1, 2, 3))}, [], {"task_id": 0, "late": True})
     assert shards.read_summary(features, 0) == first

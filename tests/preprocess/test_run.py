@@ -1,6 +1,7 @@
 """The preprocessing stage on real speech: serial and on a real Dask LocalCluster, resume, bad files."""
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 from pipeline.config import load_config
 from pipeline.preprocess.cluster import dask_executor
 from pipeline.preprocess.run import preprocess
+from pipeline.report.sections import work_done
 from pipeline.stages import data_stage
 from tests.conftest import tiny_experiment
 
@@ -54,7 +56,7 @@ def test_dask_cluster_gives_the_same_outputs_as_serial(tmp_path, speech_dir):
     clustered = prepared(tmp_path / "b", speech_dir)
     with dask_executor(clustered.preprocess) as executor:
         summary = preprocess(clustered, executor)
-    assert summary["workers"] == clustered.preprocess.workers
+    assert summary["runs"][-1]["workers"] == clustered.preprocess.workers
     a, b = Path(serial.run_dir) / "features", Path(clustered.run_dir) / "features"
     assert (a / "index.csv").read_text() == (b / "index.csv").read_text()
     for shard in sorted(p.name for p in a.glob("shard-*")):
@@ -73,6 +75,13 @@ def test_rerun_skips_complete_shards_and_redoes_missing_ones(tmp_path, speech_di
     assert (lost / "logmel.npy").is_file()
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert (features / "index.csv").read_text() == index_before
+    summary = preprocess(config)  # nothing left to do
+    tasks = summary["tasks"]
+    assert [(r["tasks"], r["chunks"] > 0) for r in summary["runs"]] == [(tasks, True), (1, True), (0, False)]
+    assert summary["tasks_without_record"] == 0
+    text = work_done(summary)
+    assert f"run 1 of 3: {tasks} tasks" in text and "run 2 of 3: 1 tasks" in text and "run 3" not in text
+    assert "1 later run(s) found every shard complete and did no work" in text
 
 
 def test_bad_files_are_rejected_with_a_reason_and_left_untouched(tmp_path, speech_dir):
@@ -112,7 +121,7 @@ def test_both_images_as_jpeg_chunk_wavs_and_a_gallery_per_feature(tmp_path, spee
     import soundfile as sf
 
     chunk, rate = sf.read(run / row["audio"], dtype="float32")
-    source, _ = sf.read(row["path"], dtype="float32", start=8000, stop=24000)
+    source, _ = sf.read(Path(config.data.root) / row["path"], dtype="float32", start=8000, stop=24000)
     assert rate == 16000 and np.allclose(chunk, source, atol=1 / 32768)
     for feature in ("logmel", "mfcc"):
         with Image.open(run / "gallery" / f"{feature}.png") as gallery:
@@ -123,5 +132,24 @@ def test_rerun_with_other_settings_is_refused_and_names_them(tmp_path, speech_di
     config = prepared(tmp_path, speech_dir)
     preprocess(config)
     changed = load_config(tiny_experiment(tmp_path, speech_dir, preprocess={"n_mels": 40, "workers": 1}))
-    with pytest.raises(ValueError, match=r"made with other preprocessing settings \(n_mels: 32 -> 40\)"):
+    with pytest.raises(ValueError, match=r"made with other settings, inputs or code \(settings.n_mels: 32 -> 40\)"):
         preprocess(changed)
+
+
+def test_rerun_after_the_manifest_or_the_code_changed_is_refused(tmp_path, speech_dir):
+    """Task k is a slice of the manifest, so complete shards of another manifest would be the wrong files."""
+    config = prepared(tmp_path, speech_dir)
+    preprocess(config)
+    manifest = Path(config.run_dir) / "manifest.csv"
+    original = manifest.read_text()
+    lines = original.splitlines(keepends=True)
+    manifest.write_text("".join(lines[:-1]))  # one source file fewer
+    with pytest.raises(ValueError, match=r"manifest_sha256: '[0-9a-f]+' -> '[0-9a-f]+'"):
+        preprocess(config)
+    manifest.write_text(original)
+    fingerprint = Path(config.run_dir) / "features" / "fingerprint.json"
+    made_with = json.loads(fingerprint.read_text())
+    made_with["code"]["source_sha256"] = "0123456789abcdef"  # as if another version of the package made them
+    fingerprint.write_text(json.dumps(made_with))
+    with pytest.raises(ValueError, match=r"code.source_sha256: '0123456789abcdef' -> "):
+        preprocess(config)

@@ -26,5 +26,5 @@ def metrics(world_size: int, samples_per_second: float, step_s: float, allreduce
 
 def record(run: Path, name: str, data: dict, kind: str = "metrics") -> None:
     """Write configs/<name>/<kind>.json (`metrics` or `skipped`) into a run folder."""
-    (run / "configs" / name).mkdir(parents=True)
+    (run / "configs" / name).mkdir(parents=True, exist_ok=True)
     (run / "configs" / name / f"{kind}.json").write_text(json.dumps(data))

@@ -79,3 +79,18 @@ def test_repeats_are_reported_as_mean_plus_minus_interval_and_listed_one_by_one(
     assert float(repeats[3]["speedup"]) == pytest.approx(150 / 110)  # against the baseline's mean
     assert all(r["repeats"] == "1" and r["samples_per_second_ci95"] == "" for r in repeats)
 
+
+
+def test_configurations_from_other_code_or_machines_are_named_in_the_notes(tmp_path):
+    code = {"package": "0.1.0", "source_sha256": "aaaa000011112222", "commit": "abc"}
+    record(tmp_path, "ws1-cpu-bs32", metrics(1, 100.0, 0.32, 0.01, code=code))
+    record(tmp_path, "ws2-cpu-bs32", metrics(2, 150.0, 0.42, 0.12, code={**code, "source_sha256": "bbbb"},
+                                             hostname="other-host"))
+    report = write_report(tmp_path).read_text()
+    assert "Code: audio-ddp-pipeline 0.1.0, source digest aaaa000011112222, commit abc." in report
+    assert "not all measured with the same code version: ws1-cpu-bs32: {" in report
+    assert "not all measured with the same machine: ws1-cpu-bs32: " in report and "ws2-cpu-bs32: 'other-host'" \
+        in report
+
+    record(tmp_path, "ws2-cpu-bs32", metrics(2, 150.0, 0.42, 0.12, code=code))
+    assert "not all measured" not in write_report(tmp_path).read_text()

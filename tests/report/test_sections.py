@@ -90,7 +90,9 @@ def test_preprocess_section_with_and_without_the_scaling_curve(tmp_path, monkeyp
     rows = configurations(runs("cpu", 32, gradient_bytes=GRADIENT_BYTES))
     plots.write_figures(plots.FigureData(rows, ReportConfig(), tmp_path))
     blocks = sections.preprocess_section(tmp_path)
-    assert "(183.2 chunks/s, 2 Dask workers, 42 tasks)" in text(blocks)
+    assert "in 42 tasks; 53 files rejected" in text(blocks)
+    assert "run 1 of 2: 42 tasks, 3135 chunks in 17.1 s (183.1 chunks/s, 2 Dask workers)." in text(blocks)
+    assert "1 later run(s) found every shard complete and did no work" in text(blocks)
     assert "Tasks per node: node-a 20, node-b 22." in text(blocks)
     assert (f"--workers 1 2 4 8 --out {tmp_path}/preprocess_scaling.json" in blocks[-1].caption
             and blocks[-1].file == "preprocess_scaling.png")

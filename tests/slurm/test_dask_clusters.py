@@ -40,7 +40,7 @@ def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm
     assert len(job_ids) == 2, job_ids
     summary = json.loads((run / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]  # every task ran in a SLURM job
-    assert 1 <= summary["workers"] <= 2  # the workers connected at the peak, not the configured local count
+    assert 1 <= summary["runs"][-1]["workers"] <= 2  # workers connected at the peak, not the local count
     assert_same_outputs(reference, run)
     # Closing the cluster cancels its jobs rather than leaving them to run out their walltime.
     wait_for(lambda: not _in_queue(job_ids), 60, "the worker jobs to leave the queue")
@@ -61,7 +61,7 @@ def test_dask_mpi_batch_job_across_two_nodes_gives_the_same_outputs_as_serial(sl
     assert "4 MPI ranks, 2 Dask workers" in text and "dask: MPI, 2 worker ranks" in text
     summary = json.loads((Path(config.run_dir) / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
-    assert summary["workers"] == 2
+    assert summary["runs"][-1]["workers"] == 2
     assert_same_outputs(reference, Path(config.run_dir))
 
 

@@ -30,8 +30,9 @@ def experiment(tmp_path: Path, features: Path, **train: object) -> Path:
     run_dir = tmp_path / "run"
     if not run_dir.exists():
         shutil.copytree(features, run_dir, ignore=shutil.ignore_patterns("configs"))
-    made_with = yaml.safe_load((features / "config.yaml").read_text())["preprocess"]
-    config = {"name": "engine", "run_dir": str(run_dir), "data": {"root": str(features)}, "preprocess": made_with,
+    made_with = yaml.safe_load((features / "config.yaml").read_text())
+    config = {"name": "engine", "run_dir": str(run_dir), "data": made_with["data"],
+              "preprocess": made_with["preprocess"],
               "train": {"epochs": 2, "batch_size": 4, "world_sizes": [2], "seed": 3, **train}}
     path = tmp_path / "engine.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.config import load_config
+from pipeline.data.manifest import data_root, source_path
 from pipeline.train.data import load_split, split_rows
 from pipeline.train.inference import load_trained
 
@@ -47,7 +49,8 @@ def test_predict_chunks_new_audio_exactly_as_preprocessing_did(trained, tmp_path
     config, folder = trained
     run = folder.parent.parent
     test_rows = split_rows(run, "test")
-    source = test_rows[0]["path"]
+    made_with = load_config(run / "config.yaml").data  # the index names files relative to the data root it records
+    source = str(source_path(data_root(made_with), test_rows[0]["path"]))
     strange = tmp_path / "a 'quoted' ñame.wav"
     strange.write_bytes(Path(source).read_bytes())
     not_audio = tmp_path / "notes.wav"
@@ -61,7 +64,7 @@ def test_predict_chunks_new_audio_exactly_as_preprocessing_did(trained, tmp_path
     # The same chunks read from the feature shards give the same probabilities.
     model = load_trained(folder)
     x, _, labels = load_split(run, "logmel", "test")
-    mine = [i for i, r in enumerate(test_rows) if r["path"] == source]
+    mine = [i for i, r in enumerate(test_rows) if r["path"] == test_rows[0]["path"]]
     assert int(rows[0]["chunks"]) == len(mine)
     with torch.no_grad():
         expected = torch.softmax(model.model(x[mine]), dim=1).mean(dim=0)
