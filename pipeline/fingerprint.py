@@ -24,6 +24,9 @@ from pipeline.io import atomic_write_json
 
 PACKAGE = Path(__file__).resolve().parent
 
+FILE_NAME = "fingerprint.json"
+"""What a stage's fingerprint is called in the folder of the outputs it describes."""
+
 INFORMATIONAL = {"code.commit"}
 """Recorded for people, never a reason to refuse."""
 

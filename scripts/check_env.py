@@ -20,8 +20,9 @@ from packaging.utils import canonicalize_name
 LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 
-def locked_versions(lock: Path = LOCK) -> dict[str, str]:
-    """{package: version} of every pin in `lock` whose environment marker holds here."""
+def locked_versions(lock: Path = LOCK, every_platform: bool = False) -> dict[str, str]:
+    """{package: version} of every pin in `lock` whose environment marker holds here (with `every_platform`, of
+    every package the lock names, its first pin where markers give it several)."""
     pins = {}
     for number, line in enumerate(lock.read_text().splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
@@ -31,8 +32,8 @@ def locked_versions(lock: Path = LOCK) -> dict[str, str]:
         specifiers = list(requirement.specifier)
         if len(specifiers) != 1 or specifiers[0].operator != "==":
             raise SystemExit(f"{lock}:{number}: {text!r} is not an exact pin (name==version)")
-        if requirement.marker is None or requirement.marker.evaluate():
-            pins[canonicalize_name(requirement.name)] = specifiers[0].version
+        if every_platform or requirement.marker is None or requirement.marker.evaluate():
+            pins.setdefault(canonicalize_name(requirement.name), specifiers[0].version)
     return pins
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 
@@ -19,13 +20,14 @@ def debian_packages() -> set[str]:
 
 
 def locked() -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
-        text = line.split("#", 1)[0].strip()
-        if text:
-            requirement = Requirement(text)
-            pins.setdefault(canonicalize_name(requirement.name), str(requirement.specifier))
-    return pins
+    """{package: ==version} of every pin of constraints.txt, read by the parser CI checks the .venv with (it
+    refuses a line that is not an exact pin)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from check_env import locked_versions
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return {name: f"=={version}" for name, version in locked_versions(every_platform=True).items()}
 
 
 def test_setup_installs_every_debian_package_the_datasets_check_for():

@@ -13,13 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig, to_dict
+from pipeline.fingerprint import FILE_NAME, code_version, file_digest
 from pipeline.fingerprint import check_or_record as check_fingerprint
-from pipeline.fingerprint import code_version, file_digest
 
 EXECUTION_ONLY = {"workers", "scheduler_file", "cluster", "slurm_cluster", "interface", "device"}
 """PreprocessConfig keys that do not change what is written."""
-
-FINGERPRINT = "fingerprint.json"
 
 
 def output_settings(config: ExperimentConfig) -> dict:
@@ -35,5 +33,5 @@ def features_fingerprint(config: ExperimentConfig) -> dict:
 def check_or_record(config: ExperimentConfig) -> None:
     """Record the fingerprint of a new features folder; refuse to continue one made otherwise."""
     features = Path(config.run_dir) / "features"
-    check_fingerprint(features / FINGERPRINT, features_fingerprint(config), "features",
+    check_fingerprint(features / FILE_NAME, features_fingerprint(config), "features",
                       f"delete {features} (or choose a new run_dir) to preprocess again with these")

@@ -268,7 +268,7 @@ def preprocess_scaling(data: FigureData) -> Figure | None:
     worked = sections.worked_runs(summary) if summary else []
     for k, run in enumerate(worked):
         ticks.add(run["workers"])
-        ax.plot([run["workers"]], [run["chunks"] / max(run["seconds"], 1e-9)], "D", color="C1", markersize=8,
+        ax.plot([run["workers"]], [sections.run_rate(run)], "D", color="C1", markersize=8,
                 label="this run folder's preprocessing (features/summary.json)" if k == 0 else None)
     if not curve and not worked:
         return None

@@ -197,12 +197,17 @@ def worked_runs(summary: dict) -> list[dict]:
     return [r for r in summary.get("runs", []) if r["tasks"]]
 
 
+def run_rate(run: dict) -> float:
+    """Chunks/s of one preprocessing run of `worked_runs`."""
+    return run["chunks"] / max(run["seconds"], 1e-9)
+
+
 def work_done(summary: dict) -> str:
     """Which runs did the work, how fast each was, and what is not accounted for."""
     runs = summary.get("runs", [])
     worked = worked_runs(summary)
     parts = [f"run {k} of {len(runs)}: {r['tasks']} tasks, {r['chunks']} chunks in {r['seconds']:.1f} s "
-             f"({r['chunks'] / max(r['seconds'], 1e-9):.1f} chunks/s, {r['workers']} Dask workers)"
+             f"({run_rate(r):.1f} chunks/s, {r['workers']} Dask workers)"
              for k, r in enumerate(runs, start=1) if r["tasks"]]
     text = ("Preprocessing throughput, per run that did tasks: " + "; ".join(parts) + "."
             if worked else "No preprocessing run of this folder has a record of the tasks it did, so no throughput "

@@ -16,8 +16,8 @@ import torch
 
 from pipeline import fingerprint
 from pipeline.config import ExperimentConfig, to_dict
+from pipeline.fingerprint import FILE_NAME as FINGERPRINT
 from pipeline.io import atomic_write_json
-from pipeline.preprocess.params import FINGERPRINT
 from pipeline.train.distributed import require_backend
 from pipeline.train.environment import available_cores
 from pipeline.train.interrupt import TrainingInterrupted
@@ -78,6 +78,12 @@ class TrainingRun:
         return run
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """train.seed of repeat k (seed + k - 1; repeat 0, the only run, keeps the seed): model initialisation and
+    data order differ between repeats."""
+    return seed + max(repeat, 1) - 1
+
+
 def batch_sizes(config: ExperimentConfig) -> list[int]:
     return config.train.batch_sizes or [config.train.batch_size]
 
@@ -104,17 +110,22 @@ SWEEP_ONLY = {"world_sizes", "batch_sizes", "batch_size", "repeats", "device", "
 """TrainConfig keys that shape the sweep or its scheduling, not one run (whose own values replace them)."""
 
 
-def run_fingerprint(config: ExperimentConfig, run: TrainingRun) -> dict:
-    """What one run's outputs depend on: its training settings, the features it reads, the code."""
-    settings = {k: v for k, v in to_dict(config.train).items() if k not in SWEEP_ONLY}
-    settings.update(world_size=run.world_size, device=run.device, batch_size=run.batch_size, repeat=run.repeat,
-                    seed=config.train.seed + max(run.repeat, 1) - 1)
+def features_digest(config: ExperimentConfig) -> str:
+    """Digest of the features' fingerprint: what identifies the features every run of the sweep reads."""
     features = Path(config.run_dir) / "features" / FINGERPRINT
     if not features.is_file():
         raise FileNotFoundError(f"{features}: the features carry no fingerprint (made by an older version of the "
                                 "pipeline); preprocess them again into a new run_dir")
-    return {"settings": settings, "features_sha256": fingerprint.file_digest(features),
-            "code": fingerprint.code_version()}
+    return fingerprint.file_digest(features)
+
+
+def run_fingerprint(config: ExperimentConfig, run: TrainingRun, features_sha256: str) -> dict:
+    """What one run's outputs depend on: its training settings, the features it reads (`features_digest`), the
+    code."""
+    settings = {k: v for k, v in to_dict(config.train).items() if k not in SWEEP_ONLY}
+    settings.update(world_size=run.world_size, device=run.device, batch_size=run.batch_size, repeat=run.repeat,
+                    seed=repeat_seed(config.train.seed, run.repeat))
+    return {"settings": settings, "features_sha256": features_sha256, "code": fingerprint.code_version()}
 
 
 def check_reuse(out: Path, wanted: dict) -> None:
@@ -139,11 +150,12 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
         raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
     require_backend(config.train.backend)
     runs = [TrainingRun.parse(only, config)] if only else plan(config)
+    features_sha256 = features_digest(config)
     folders = []
     for run in runs:
         out = Path(config.run_dir) / "configs" / run.name
         folders.append(out)
-        wanted = run_fingerprint(config, run)
+        wanted = run_fingerprint(config, run, features_sha256)
         if not force:
             check_reuse(out, wanted)
         if (out / "metrics.json").exists() and not force:

@@ -24,7 +24,7 @@ from pipeline.train import distributed
 from pipeline.train.data import build_dataset, read_labels
 from pipeline.train.environment import describe_environment
 from pipeline.train.evaluation import evaluate
-from pipeline.train.launch import RESTARTS_VARIABLE
+from pipeline.train.launch import RESTARTS_VARIABLE, repeat_seed
 from pipeline.train.metrics import write_confusion
 from pipeline.train.preemption import StopFlag, requeue_slurm_job
 from pipeline.train.timing import PHASES, StepTimes, peak_memory_bytes, write_step_times
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     experiment = load_config(args.config)
     if args.batch_size:
         experiment.train.batch_size = args.batch_size
-    experiment.train.seed += max(args.repeat, 1) - 1  # model init and data order differ between repeats
+    experiment.train.seed = repeat_seed(experiment.train.seed, args.repeat)
     config = experiment.train
     distributed.require_backend(config.backend)
     env = distributed.from_environment()
