@@ -21,11 +21,9 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.io import atomic_write_json
+from pipeline.layout import FINGERPRINT as FILE_NAME  # noqa: F401 (re-exported)
 
 PACKAGE = Path(__file__).resolve().parent
-
-FILE_NAME = "fingerprint.json"
-"""What a stage's fingerprint is called in the folder of the outputs it describes."""
 
 INFORMATIONAL = {"code.commit"}
 """Recorded for people, never a reason to refuse."""
