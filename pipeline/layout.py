@@ -25,170 +25,100 @@ FINGERPRINT = "fingerprint.json"
 """Name of the fingerprint file of the features and of each training run (see `pipeline.fingerprint`)."""
 
 
-@dataclass(frozen=True)
-class FeaturePaths:
-    """The preprocessing outputs of one run folder."""
+class _Entry:
+    """A file or folder at a fixed place inside the folder of the object it is read from."""
 
+    def __init__(self, relative: str, doc: str = "") -> None:
+        self.relative = relative
+        self.__doc__ = doc or relative
+
+    def __get__(self, owner: _Folder | None, cls: type) -> Path:
+        if owner is None:
+            return self  # type: ignore[return-value]  # the class attribute, e.g. for help()
+        return owner.folder / self.relative
+
+
+@dataclass(frozen=True)
+class _Folder:
     folder: Path
 
-    @property
-    def index(self) -> Path:
-        """One row per chunk: split, label, shard and row, image paths."""
-        return self.folder / "index.csv"
 
-    @property
-    def labels(self) -> Path:
-        return self.folder / "labels.json"
+class FeaturePaths(_Folder):
+    """The preprocessing outputs of one run folder."""
 
-    @property
-    def stats(self) -> Path:
-        """Per-bin mean and std of the training split, per feature."""
-        return self.folder / "stats.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.folder / "summary.json"
-
-    @property
-    def rejects(self) -> Path:
-        return self.folder / "rejects.csv"
-
-    @property
-    def fingerprint(self) -> Path:
-        return self.folder / FINGERPRINT
-
-    @property
-    def chunks_csv(self) -> Path:
-        return self.folder / "chunks.csv"
+    index = _Entry("index.csv", "One row per chunk: split, label, shard and row, image paths.")
+    labels = _Entry("labels.json")
+    stats = _Entry("stats.json", "Per-bin mean and std of the training split, per feature.")
+    summary = _Entry("summary.json")
+    rejects = _Entry("rejects.csv")
+    fingerprint = _Entry(FINGERPRINT)
+    chunks_csv = _Entry("chunks.csv")
 
     def shard(self, name: str) -> Path:
         return self.folder / name
 
 
-@dataclass(frozen=True)
-class TrainingPaths:
+class TrainingPaths(_Folder):
     """The outputs of one training run (`configs/<name>`): what the worker writes and the report reads."""
 
-    folder: Path
+    metrics = _Entry("metrics.json")
+    steps = _Entry("steps.csv", "Per-step timings (rank 0).")
+    model = _Entry("model.pt", "Final weights for `pipeline evaluate` and `pipeline predict`.")
+    checkpoints = _Entry("checkpoints")
+    checkpoint = _Entry("checkpoints/last.pt", "The checkpoint a resume starts from.")
+    fingerprint = _Entry(FINGERPRINT)
+    interrupted = _Entry("interrupted.json", "Written when a signal stopped the run after checkpointing.")
+    skipped = _Entry("skipped.json", "Written instead of metrics when the launcher did not run the configuration.")
+    log = _Entry("train.log")
+    tensorboard = _Entry("tensorboard")
+    confusion_test = _Entry("confusion_test", "Stem of confusion_test.csv / .png.")
+    evaluation_test = _Entry("evaluation_test.json")
 
     @property
     def name(self) -> str:
         return self.folder.name
 
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.json"
 
-    @property
-    def steps(self) -> Path:
-        """Per-step timings (rank 0)."""
-        return self.folder / "steps.csv"
-
-    @property
-    def model(self) -> Path:
-        """Final weights for `pipeline evaluate` and `pipeline predict`."""
-        return self.folder / "model.pt"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.folder / "checkpoints"
-
-    @property
-    def checkpoint(self) -> Path:
-        """The checkpoint a resume starts from."""
-        return self.checkpoints / "last.pt"
-
-    @property
-    def fingerprint(self) -> Path:
-        return self.folder / FINGERPRINT
-
-    @property
-    def interrupted(self) -> Path:
-        """Written when a signal stopped the run after checkpointing."""
-        return self.folder / "interrupted.json"
-
-    @property
-    def skipped(self) -> Path:
-        """Written instead of metrics when the launcher did not run the configuration, with the reason."""
-        return self.folder / "skipped.json"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / "train.log"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.folder / "tensorboard"
-
-    @property
-    def confusion_test(self) -> Path:
-        """Stem of confusion_test.csv / .png."""
-        return self.folder / "confusion_test"
-
-    @property
-    def evaluation_test(self) -> Path:
-        return self.folder / "evaluation_test.json"
-
-
-@dataclass(frozen=True)
-class SlurmPaths:
+class SlurmPaths(_Folder):
     """What `pipeline submit` writes: the scripts, their logs, and the record of the submitted jobs."""
 
-    folder: Path
-
-    @property
-    def scripts(self) -> Path:
-        return self.folder / "scripts"
+    scripts = _Entry("scripts")
+    logs = _Entry("logs")
+    jobs = _Entry("jobs.json")
 
     def script(self, name: str) -> Path:
         return self.scripts / f"{name}.sbatch"
-
-    @property
-    def logs(self) -> Path:
-        return self.folder / "logs"
 
     def log(self, name: str) -> Path:
         """Output file of job `name`, with `%j` for the job id."""
         return self.logs / f"{name}-%j.out"
 
-    @property
-    def jobs(self) -> Path:
-        return self.folder / "jobs.json"
 
-
-@dataclass(frozen=True)
-class RunLayout:
+class RunLayout(_Folder):
     """The run folder of one experiment (config `run_dir`)."""
 
-    root: Path
+    config = _Entry("config.yaml", "The resolved config; training ranks and SLURM jobs read this copy.")
+    manifest = _Entry("manifest.csv")
+    images = _Entry("images")
+    gallery = _Entry("gallery")
+    configs = _Entry("configs")
+    report = _Entry("report.md")
+    report_html = _Entry("report.html")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "folder", Path(root))
 
     @property
-    def config(self) -> Path:
-        """The resolved config; training ranks and SLURM jobs read this copy."""
-        return self.root / "config.yaml"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.csv"
+    def root(self) -> Path:
+        return self.folder
 
     @property
     def features(self) -> FeaturePaths:
-        return FeaturePaths(self.root / "features")
+        return FeaturePaths(self.folder / "features")
 
     @property
-    def images(self) -> Path:
-        return self.root / "images"
-
-    @property
-    def gallery(self) -> Path:
-        return self.root / "gallery"
-
-    @property
-    def configs(self) -> Path:
-        return self.root / "configs"
+    def slurm(self) -> SlurmPaths:
+        return SlurmPaths(self.folder / "slurm")
 
     def training(self, name: str) -> TrainingPaths:
         return TrainingPaths(self.configs / name)
@@ -196,15 +126,3 @@ class RunLayout:
     def trainings(self) -> list[TrainingPaths]:
         """Every training folder there is, by name."""
         return [TrainingPaths(folder) for folder in sorted(self.configs.glob("*/"))]
-
-    @property
-    def slurm(self) -> SlurmPaths:
-        return SlurmPaths(self.root / "slurm")
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
