@@ -121,12 +121,12 @@ def measure(config_path: Path, overrides: list[str], n: int, gallery_times: list
     t_closed = time.perf_counter()
     load = meter.stop()
     run_s = t_done - t_warm
-    return {"workers": n, "chunks": summary["chunks"], "files": summary["files"], "tasks": summary["tasks"],
-            "rejected_files": summary["rejected_files"], "startup_s": t_ready - t0, "warmup_s": t_warm - t_ready,
+    return {"workers": n, "chunks": summary.chunks, "files": summary.files, "tasks": summary.tasks,
+            "rejected_files": summary.rejected_files, "startup_s": t_ready - t0, "warmup_s": t_warm - t_ready,
             "warm_workers": len(pids), "run_s": run_s, "shutdown_s": t_closed - t_done,
-            "gallery_s": sum(gallery_times), "chunks_per_second": summary["chunks"] / run_s,
-            "chunks_per_second_including_startup": summary["chunks"] / (t_done - t0),
-            "pipeline_summary_seconds": summary["runs"][-1]["seconds"], "machine_load": load}
+            "gallery_s": sum(gallery_times), "chunks_per_second": summary.chunks / run_s,
+            "chunks_per_second_including_startup": summary.chunks / (t_done - t0),
+            "pipeline_summary_seconds": summary.runs[-1].seconds, "machine_load": load}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

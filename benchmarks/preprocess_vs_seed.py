@@ -252,9 +252,8 @@ def worker(side: str, spec_path: Path) -> None:
         timers = _time_calls(("run_task", "write_galleries"))
         config = load_config(spec["config"], spec["overrides"])
         summary = preprocess(config, executor=None)
-        counts = {"chunks": summary["chunks"], "files": summary["files"],
-                  "rejected_files": summary["rejected_files"]}
-        extra = {"pipeline_summary_seconds": summary["runs"][-1]["seconds"],
+        counts = {"chunks": summary.chunks, "files": summary.files, "rejected_files": summary.rejected_files}
+        extra = {"pipeline_summary_seconds": summary.runs[-1].seconds,
                  **{f"{name}_s": sum(times) for name, times in timers.items()},
                  "tasks": len(timers.get("run_task", []))}
     seconds = time.perf_counter() - t0

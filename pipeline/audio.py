@@ -14,6 +14,8 @@ import torch
 import torchaudio.transforms as T
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus"}
+"""Suffixes (compared in lower case) of the files a folder dataset lists as audio; `load_audio` decodes each kind, with
+libsndfile or else ffmpeg."""
 MPEG = {"MP3", "MPEG"}
 """libsndfile's names of the MPEG audio formats; those without a length header are decoded with ffmpeg."""
 MPEG_FRAME = 1152

@@ -97,3 +97,17 @@ def test_config_command_prints_one_resolved_key(tmp_path):
     assert result.stdout == "results/y\n"
     missing = subprocess.run([*run, "--get", "train.nope"], capture_output=True, text=True)
     assert missing.returncode == 2 and "no key 'train.nope'" in missing.stderr
+
+
+def test_pipeline_config_still_names_everything_its_split_modules_hold():
+    """The sections, the coercion and the checks live in config_types, config_schema and config_checks; the rest of
+    the package imports them from pipeline.config, as before the split."""
+    import pipeline.config as config
+    from pipeline import config_checks, config_schema, config_types
+
+    for name in ["ExperimentConfig", "DataConfig", "SplitConfig", "PreprocessConfig", "DaskSlurmConfig",
+                 "TrainConfig", "SlurmConfig", "ReportConfig", "ConfigError", "build", "check_slurm", "input_shape",
+                 "slurm_time_seconds", "load_config", "load_experiment", "save_config", "to_dict"]:
+        assert name in config.__all__ and hasattr(config, name), name
+    assert config.TrainConfig is config_types.TrainConfig and config.ConfigError is config_schema.ConfigError
+    assert config.input_shape is config_checks.input_shape

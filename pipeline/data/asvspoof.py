@@ -24,11 +24,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.manifest import SourceFile
+from pipeline.data.sources import SourceFile
 
 KEYS = ("bonafide", "spoof")
-AUDIO_SUFFIXES = (".flac", ".wav")
-"""Tried in this order for each FILE: the challenge's flac first, a wav copy if there is no flac."""
+PROTOCOL_AUDIO_SUFFIXES = (".flac", ".wav")
+"""The suffixes the audio of a protocol's FILE may have, tried in this order: the challenge's flac first, a wav copy
+if there is no flac. (Not `pipeline.audio.AUDIO_SUFFIXES`: every suffix that a folder dataset's audio may have.)"""
 COLUMNS = "SPEAKER FILE - SYSTEM KEY"
 
 
@@ -82,10 +83,10 @@ def read_protocol(protocol: Path, root: Path) -> list[ProtocolEntry]:
         if file in seen:
             raise ValueError(f"{where}: FILE {file!r} is already listed on line {seen[file]}")
         seen[file] = number
-        path = next((audio[file + suffix] for suffix in AUDIO_SUFFIXES if file + suffix in audio), None)
+        path = next((audio[file + suffix] for suffix in PROTOCOL_AUDIO_SUFFIXES if file + suffix in audio), None)
         if path is None:
-            raise ValueError(f"{where}: FILE {file!r}: no audio file {root / (file + AUDIO_SUFFIXES[0])} "
-                             f"(nor {AUDIO_SUFFIXES[1]})")
+            raise ValueError(f"{where}: FILE {file!r}: no audio file {root / (file + PROTOCOL_AUDIO_SUFFIXES[0])} "
+                             f"(nor {PROTOCOL_AUDIO_SUFFIXES[1]})")
         entries.append(ProtocolEntry(number, speaker, file, system, key, path.name))
     if not entries:
         raise ValueError(f"{protocol}: no protocol lines (empty file); expected one '{COLUMNS}' line per utterance")

@@ -18,10 +18,8 @@ A folder lists what is there, so an entry named like audio that is no readable f
 `x.wav`) is listed too and preprocessing rejects it with its reason. A CSV or protocol claims that its files exist,
 so one that does not is an error naming the line: the list and the data disagree, e.g. a wrong `root`.
 
-Rows name their file relative to the data root (`data_root`), in POSIX form, and the root is recorded once, in the
-run folder's config.yaml: a manifest made on one file system then serves on another, or in a colleague's copy of the
-run folder, by pointing `data.root` at the data there. Only a CSV's own reference to a file outside its folder
-stays absolute.
+Rows (`SourceFile`, see `pipeline.data.sources`) name their file relative to the data root (`data_root`), in POSIX
+form, so that a manifest made on one file system serves on another.
 
 Names are kept as the user gave them, links included: class folders are often built from symbolic links rather
 than copies. Several names of one recording (links, hard links, identical copies) form a group that is split as one
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import random
 import stat
 from collections import Counter
@@ -43,19 +40,12 @@ from typing import TypeVar
 
 from pipeline.audio import AUDIO_SUFFIXES
 from pipeline.config import DataConfig, SplitConfig
+from pipeline.data.asvspoof import asvspoof_sources
+from pipeline.data.sources import SourceFile, data_root, relative_path, source_path
 from pipeline.io import atomic_write_csv
 
 SPLITS = ("train", "val", "test")
 T = TypeVar("T", bound=Hashable)
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    path: str
-    """POSIX path relative to the data root (`source_path` joins them); absolute only for a CSV's file elsewhere."""
-    label: str
-    speaker: str
-    split: str
 
 
 @dataclass(frozen=True)
@@ -70,32 +60,6 @@ class ManifestSummary:
     conflicts: int
     """Groups whose names disagree on the label (or, split by speaker, on the speaker); the whole group follows its
     first name."""
-
-
-def data_root(config: DataConfig) -> Path:
-    """The folder that manifest, index and rejects paths are relative to: the CSV manifest's folder for `csv`
-    (where its relative paths already start), else `data.root`."""
-    if config.source != "csv":
-        return Path(config.root)
-    if not config.manifest:
-        raise ValueError("data.source is csv but data.manifest names no CSV file")
-    return Path(config.manifest).parent
-
-
-def source_path(root: str | Path, row_path: str) -> Path:
-    """The file a manifest row names: `row_path` under `root` (an absolute `row_path` stays itself)."""
-    return Path(root) / row_path
-
-
-def relative_path(root: Path, path: str | Path) -> str:
-    """`path` (if relative, relative to `root`) as a manifest names it: POSIX, relative to `root` when it lies under
-    it, else absolute. Normalised as text only (`./a` is `a`), never resolved, so that link names stay."""
-    path = Path(os.path.normpath(path))
-    if path.is_absolute():
-        for base in (os.path.abspath(root), os.path.realpath(root)):
-            if path.is_relative_to(base):
-                return path.relative_to(base).as_posix()
-    return path.as_posix()
 
 
 def discover(root: Path) -> dict[str, list[Path]]:
@@ -284,8 +248,6 @@ def manifest_and_summary(config: DataConfig) -> tuple[list[SourceFile], Manifest
     root = data_root(config)
     complete = False
     if config.source == "asvspoof":
-        from pipeline.data.asvspoof import asvspoof_sources  # imported here: that module builds on SourceFile
-
         if not config.protocol:
             raise ValueError("data.source is asvspoof but data.protocol names no protocol file")
         rows = asvspoof_sources(Path(config.protocol), root)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_write
+from pipeline.layout import RunLayout
 
 AXIS_LABELS = {"logmel": ("mel band", "dB"), "mfcc": ("MFCC coefficient", "value")}
 
@@ -16,24 +17,24 @@ AXIS_LABELS = {"logmel": ("mel band", "dB"), "mfcc": ("MFCC coefficient", "value
 def write_galleries(run_dir: Path, index: list[dict], hop_length: int, sample_rate: int) -> list[Path]:
     """RUN_DIR/gallery/<feature>.png showing the first chunk of each class (from the training split if it has
     one), read back from the shards so the figure shows exactly what was stored."""
-    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     first: dict[str, dict] = {}
     for row in sorted(index, key=lambda r: r["split"] != "train"):
         first.setdefault(row["label"], row)
     written = []
     for feature, (y_label, unit) in AXIS_LABELS.items():
-        examples = {label: _stored(run_dir, row, feature) for label, row in sorted(first.items())}
+        examples = {label: _stored(layout, row, feature) for label, row in sorted(first.items())}
         if not examples or any(x is None for x in examples.values()):
             continue
-        path = run_dir / "gallery" / f"{feature}.png"
+        path = layout.gallery / f"{feature}.png"
         atomic_write(path, lambda tmp, f=feature, e=examples, y=y_label, u=unit:
                      _draw(tmp, f, e, y, u, hop_length / sample_rate))
         written.append(path)
     return written
 
 
-def _stored(run_dir: Path, row: dict, feature: str) -> np.ndarray | None:
-    array = run_dir / "features" / row["shard"] / f"{feature}.npy"
+def _stored(layout: RunLayout, row: dict, feature: str) -> np.ndarray | None:
+    array = layout.features.shard(row["shard"]) / f"{feature}.npy"
     return np.load(array, mmap_mode="r")[int(row["row"])].astype(np.float32) if array.is_file() else None
 
 

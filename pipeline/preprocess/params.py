@@ -10,11 +10,10 @@ data is fine too.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pipeline.config import ExperimentConfig, to_dict
-from pipeline.fingerprint import FILE_NAME, code_version, file_digest
 from pipeline.fingerprint import check_or_record as check_fingerprint
+from pipeline.fingerprint import code_version, file_digest
+from pipeline.layout import RunLayout
 
 EXECUTION_ONLY = {"workers", "scheduler_file", "cluster", "slurm_cluster", "interface", "device"}
 """PreprocessConfig keys that do not change what is written."""
@@ -26,12 +25,12 @@ def output_settings(config: ExperimentConfig) -> dict:
 
 
 def features_fingerprint(config: ExperimentConfig) -> dict:
-    manifest = Path(config.run_dir) / "manifest.csv"
+    manifest = RunLayout(config.run_dir).manifest
     return {"settings": output_settings(config), "manifest_sha256": file_digest(manifest), "code": code_version()}
 
 
 def check_or_record(config: ExperimentConfig) -> None:
     """Record the fingerprint of a new features folder; refuse to continue one made otherwise."""
-    features = Path(config.run_dir) / "features"
-    check_fingerprint(features / FILE_NAME, features_fingerprint(config), "features",
-                      f"delete {features} (or choose a new run_dir) to preprocess again with these")
+    features = RunLayout(config.run_dir).features
+    check_fingerprint(features.fingerprint, features_fingerprint(config), "features",
+                      f"delete {features.folder} (or choose a new run_dir) to preprocess again with these")

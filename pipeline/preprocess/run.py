@@ -7,24 +7,26 @@ None to run serially in the calling process (tests, debugging).
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, as_completed
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import ExperimentConfig
-from pipeline.data.manifest import SourceFile, data_root, read_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.data.sources import SourceFile, data_root
 from pipeline.io import atomic_write_csv, atomic_write_json
+from pipeline.layout import FeaturePaths, RunLayout
 from pipeline.preprocess import shards
 from pipeline.preprocess.gallery import write_galleries
 from pipeline.preprocess.params import check_or_record
 from pipeline.preprocess.progress import Progress
+from pipeline.preprocess.shards import TaskSummary
 from pipeline.preprocess.task import Task, run_task
+from pipeline.records import PreprocessRun, PreprocessSummary
 
 
 def make_tasks(files: list[SourceFile], files_per_task: int) -> list[Task]:
@@ -32,18 +34,18 @@ def make_tasks(files: list[SourceFile], files_per_task: int) -> list[Task]:
             for i, start in enumerate(range(0, len(files), files_per_task))]
 
 
-def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> dict:
-    """Run every incomplete task, then write features/index.csv, stats.json, labels.json and rejects.csv."""
-    run_dir = Path(config.run_dir)
-    features = run_dir / "features"
-    features.mkdir(parents=True, exist_ok=True)
-    manifest = run_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
+def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> PreprocessSummary:
+    """Run every incomplete task, then write features/index.csv, stats.json, labels.json, rejects.csv and
+    summary.json; returns that summary."""
+    layout = RunLayout(config.run_dir)
+    features = layout.features
+    features.folder.mkdir(parents=True, exist_ok=True)
+    if not layout.manifest.is_file():
+        raise FileNotFoundError(f"{layout.manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
     check_or_record(config)
-    shards.remove_partial(features)
-    tasks = make_tasks(read_manifest(manifest), config.preprocess.files_per_task)
-    complete = {task.task_id for task in tasks if shards.is_complete(features, task.task_id)}
+    shards.remove_partial(features.folder)
+    tasks = make_tasks(read_manifest(layout.manifest), config.preprocess.files_per_task)
+    complete = {task.task_id for task in tasks if shards.is_complete(features.folder, task.task_id)}
     pending = [task for task in tasks if task.task_id not in complete]
     print(f"preprocess: {len(tasks)} tasks, {len(complete)} already complete, running {len(pending)}",
           file=sys.stderr, flush=True)
@@ -51,41 +53,39 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> di
     progress = Progress(len(tasks), skipped=len(complete))
     workers = _worker_count(executor)
     try:
-        summaries = [shards.read_summary(features, task_id) for task_id in sorted(complete)]
+        summaries = [shards.read_summary(features.folder, task_id) for task_id in sorted(complete)]
         root = str(data_root(config.data).absolute())  # here, so that workers started elsewhere find the data
-        args = (config.preprocess, config.data.sample_rate, str(run_dir), root)
+        args = (config.preprocess, config.data.sample_rate, str(layout.root), root)
         for summary in _run(pending, args, executor, progress):
             summaries.append(summary)
             workers = max(workers, _worker_count(executor))
     finally:
         progress.close()
-    shards.remove_partial(features)  # what attempts on workers that died left behind
-    done_now = [s for s in summaries if s["task_id"] not in complete]
-    summaries.sort(key=lambda s: s["task_id"])
+    shards.remove_partial(features.folder)  # what attempts on workers that died left behind
+    done_now = [s for s in summaries if s.task_id not in complete]
+    summaries.sort(key=lambda s: s.task_id)
     summary, index = _write_index(features, summaries)
-    write_galleries(run_dir, index, config.preprocess.hop_length, config.data.sample_rate)
-    this_run = {"tasks": len(done_now), "chunks": sum(s["chunks"] for s in done_now),
-                "seconds": round(time.perf_counter() - started, 3), "workers": workers,
-                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    runs = [*_earlier_runs(features), this_run]
-    summary["runs"] = runs
-    summary["tasks_without_record"] = max(0, len(tasks) - sum(r["tasks"] for r in runs))
-    atomic_write_json(features / "summary.json", summary)
+    write_galleries(layout.root, index, config.preprocess.hop_length, config.data.sample_rate)
+    this_run = PreprocessRun(tasks=len(done_now), chunks=sum(s.chunks for s in done_now),
+                             seconds=round(time.perf_counter() - started, 3), workers=workers,
+                             finished_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    summary.runs = [*_earlier_runs(features), this_run]
+    summary.tasks_without_record = max(0, len(tasks) - sum(r.tasks for r in summary.runs))
+    summary.write(features.summary)
     return summary
 
 
-def _earlier_runs(features_dir: Path) -> list[dict]:
+def _earlier_runs(features: FeaturePaths) -> list[PreprocessRun]:
     """The runs recorded by the summary of an earlier run of this features folder.
 
     A run's time is a throughput only for the tasks that run did, so every run is kept with its own tasks, chunks,
     seconds and workers; a rerun that found every shard complete is recorded with 0 tasks. A run that stopped
     before writing its summary leaves its tasks unrecorded (`tasks_without_record`).
     """
-    path = features_dir / "summary.json"
-    return json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    return PreprocessSummary.read(features.summary).runs if features.summary.is_file() else []
 
 
-def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Progress) -> Iterator[dict]:
+def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Progress) -> Iterator[TaskSummary]:
     """The summaries of `tasks` in the order they finish: serially here without an executor, else all submitted at
     once (a task whose worker dies is redone by Dask; one that raises is retried by the executor)."""
     if executor is None:
@@ -93,7 +93,7 @@ def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Pr
     else:
         results = (f.result() for f in as_completed([executor.submit(run_task, task, *args) for task in tasks]))
     for summary in results:
-        progress.update(summary["chunks"])
+        progress.update(summary.chunks)
         yield summary
 
 
@@ -107,25 +107,26 @@ def _worker_count(executor: Executor | None) -> int:
     return len(info()["workers"]) if info else getattr(executor, "_max_workers", 1)  # else a process/thread pool
 
 
-def _write_index(features_dir: Path, summaries: list[dict]) -> tuple[dict, list[dict]]:
-    """Write the run-wide files from the shards; returns the run summary and the index rows."""
+def _write_index(features: FeaturePaths, summaries: list[TaskSummary]) -> tuple[PreprocessSummary, list[dict]]:
+    """Write the run-wide files from the shards; returns the run summary (without its runs yet) and the index
+    rows."""
     index, rejects = [], []
     for s in summaries:
-        shard = shards.shard_dir(features_dir, s["task_id"])
+        shard = shards.shard_dir(features.folder, s.task_id)
         for row_number, row in enumerate(shards.read_chunks(shard)):
             index.append({"shard": shard.name, "row": row_number, **row})
-        rejects.extend(s["rejects"])
+        rejects.extend(s.rejects)
     labels = sorted({row["label"] for row in index})
-    atomic_write_csv(features_dir / "index.csv", index, ["shard", "row", *shards.CHUNK_COLUMNS])
-    atomic_write_csv(features_dir / "rejects.csv", rejects, ["path", "reason"])
-    atomic_write_json(features_dir / "labels.json", labels)
-    atomic_write_json(features_dir / "stats.json", _merge_stats([s["train_stats"] for s in summaries]))
+    atomic_write_csv(features.index, index, ["shard", "row", *shards.CHUNK_COLUMNS])
+    atomic_write_csv(features.rejects, rejects, ["path", "reason"])
+    atomic_write_json(features.labels, labels)
+    atomic_write_json(features.stats, _merge_stats([s.train_stats for s in summaries]))
     per_split = {split: sum(r["split"] == split for r in index) for split in ("train", "val", "test")}
-    nodes = Counter(s.get("node", "unknown") for s in summaries)
-    summary = {"tasks": len(summaries), "tasks_per_node": dict(sorted(nodes.items())),
-               "files": sum(s["files"] for s in summaries), "chunks": len(index), "chunks_per_split": per_split,
-               "silent_chunks_dropped": sum(s.get("silent_chunks", 0) for s in summaries),
-               "rejected_files": len(rejects), "labels": labels}
+    nodes = Counter(s.node for s in summaries)
+    summary = PreprocessSummary(tasks=len(summaries), tasks_per_node=dict(sorted(nodes.items())),
+                                files=sum(s.files for s in summaries), chunks=len(index), chunks_per_split=per_split,
+                                silent_chunks_dropped=sum(s.silent_chunks for s in summaries),
+                                rejected_files=len(rejects), labels=labels)
     return summary, index
 
 

@@ -18,10 +18,12 @@ import torch
 
 from pipeline.audio import AudioError, load_audio
 from pipeline.config import PreprocessConfig
-from pipeline.data.manifest import SourceFile, source_path
+from pipeline.data.sources import SourceFile, source_path
+from pipeline.layout import RunLayout
 from pipeline.preprocess import images, shards
 from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
+from pipeline.preprocess.shards import TaskSummary
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,13 @@ STEM_BYTES = 120
 BATCH_CHUNKS = 256
 """Chunks per feature/image batch: large enough to amortise per-call overheads, small enough for any worker."""
 
+IMAGES = RunLayout(Path()).images.as_posix()
+"""The images folder relative to the run folder, as the index names each image (`images/<feature>/...`)."""
+CHUNK_WAVS = "chunks"
+"""Where `preprocess.export_chunks` writes its wavs, relative to the run folder (`chunks/<split>/<label>/`)."""
 
-def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: str, root: str) -> dict:
+
+def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: str, root: str) -> TaskSummary:
     """Process every file of `task`, read from under the data `root`; returns the shard summary (chunks written,
     rejects, train statistics).
 
@@ -57,11 +64,34 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
     and a rerun redoes every file of an incomplete task, overwriting whatever a crash left half-written.
     """
     run = Path(run_dir)
-    features_dir = run / "features"
+    features_dir = RunLayout(run).features.folder
     if shards.is_complete(features_dir, task.task_id):
         return shards.read_summary(features_dir, task.task_id)
     torch.set_num_threads(1)
     extractor = FeatureExtractor(config, sample_rate, feature_device(config.device))
+    decoded, rejects, silent = _decode(task, config, sample_rate, root)
+    rows = [_row(source, k, start, end, sample_rate) for source, chunks, _ in decoded
+            for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
+    waveforms = np.concatenate([c.samples for _, c, _ in decoded]) if decoded else np.zeros((0, 1), np.float32)
+    parts: dict[str, list[np.ndarray]] = {}
+    for first in range(0, len(rows), BATCH_CHUNKS):
+        batch = rows[first:first + BATCH_CHUNKS]
+        feats = extractor(torch.from_numpy(waveforms[first:first + BATCH_CHUNKS]))
+        for name, value in feats.items():
+            parts.setdefault(name, []).append(value.numpy())
+        _write_images(run, batch, feats, config)
+    if config.export_chunks:
+        _write_chunk_wavs(run, rows, decoded, sample_rate)
+    stacked = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    summary = TaskSummary(task_id=task.task_id, node=node_name(), files=len(task.files), chunks=len(rows),
+                          silent_chunks=silent, rejects=rejects, train_stats=_train_stats(stacked, rows))
+    shards.write_shard(features_dir, task.task_id, stacked, rows, summary)
+    return summary
+
+
+def _decode(task: Task, config: PreprocessConfig, sample_rate: int, root: str) -> tuple[list, list[dict], int]:
+    """(source, chunks, samples) of each file of `task` that gives chunks; a {path, reason} reject for each that
+    does not; and how many chunks fell below the silence threshold."""
     decoded, rejects, silent = [], [], 0
     for source in task.files:
         path = source_path(root, source.path)
@@ -79,23 +109,7 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
             rejects.append({"path": source.path, "reason": reason})
             continue
         decoded.append((source, chunks, samples))
-    rows = [_row(source, k, start, end, sample_rate) for source, chunks, _ in decoded
-            for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
-    waveforms = np.concatenate([c.samples for _, c, _ in decoded]) if decoded else np.zeros((0, 1), np.float32)
-    parts: dict[str, list[np.ndarray]] = {}
-    for first in range(0, len(rows), BATCH_CHUNKS):
-        batch = rows[first:first + BATCH_CHUNKS]
-        feats = extractor(torch.from_numpy(waveforms[first:first + BATCH_CHUNKS]))
-        for name, value in feats.items():
-            parts.setdefault(name, []).append(value.numpy())
-        _write_images(run, batch, feats, config)
-    if config.export_chunks:
-        _write_chunk_wavs(run, rows, decoded, sample_rate)
-    stacked = {name: np.concatenate(arrays) for name, arrays in parts.items()}
-    summary = {"task_id": task.task_id, "node": node_name(), "files": len(task.files), "chunks": len(rows),
-               "silent_chunks": silent, "rejects": rejects, "train_stats": _train_stats(stacked, rows)}
-    shards.write_shard(features_dir, task.task_id, stacked, rows, summary)
-    return summary
+    return decoded, rejects, silent
 
 
 def _row(source: SourceFile, k: int, start: int, end: int, sample_rate: int) -> dict:
@@ -110,14 +124,14 @@ def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], c
     for feature in config.image_features if config.images else []:
         indices = images.colour_indices(feats[feature], config.image_size)
         for row, picture in zip(rows, indices, strict=True):
-            row[f"image_{feature}"] = f"images/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
+            row[f"image_{feature}"] = f"{IMAGES}/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
             _write_bytes(run / row[f"image_{feature}"], images.encode(picture, config.colormap, config.image_format))
 
 
 def _write_chunk_wavs(run: Path, rows: list[dict], decoded: list, sample_rate: int) -> None:
     bounds = [(samples, start, end) for _, chunks, samples in decoded for start, end in chunks.bounds]
     for row, (samples, start, end) in zip(rows, bounds, strict=True):
-        row["audio"] = f"chunks/{row['split']}/{row['label']}/{row['stem']}.wav"
+        row["audio"] = f"{CHUNK_WAVS}/{row['split']}/{row['label']}/{row['stem']}.wav"
         (run / row["audio"]).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(run / row["audio"]), samples[start:end], sample_rate, subtype="PCM_16", format="WAV")
 

@@ -136,9 +136,9 @@ def test_preprocess_an_asvspoof_experiment(tmp_path, audio_root):
     assert config.data.protocol == str(protocol)
     data_stage(config)
     summary = preprocess(config)
-    assert summary["labels"] == ["bonafide", "spoof"]
-    assert summary["files"] == len(protocol_lines()) and summary["rejected_files"] == 0
-    assert summary["chunks"] >= summary["files"]
+    assert summary.labels == ["bonafide", "spoof"]
+    assert summary.files == len(protocol_lines()) and summary.rejected_files == 0
+    assert summary.chunks >= summary.files
     features = Path(config.run_dir) / "features"
     index = (features / "index.csv").read_text()
     assert f"{WAV_ONLY}.wav" in index and f"{BOTH}.flac" in index and f"{BOTH}.wav" not in index

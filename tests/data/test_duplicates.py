@@ -148,7 +148,7 @@ def test_a_run_folder_names_no_path_of_this_machine(tmp_path, source, capsys):
     summary = preprocess(config)
     run = Path(config.run_dir)
     found = run_files(run)
-    assert len(found["manifest.csv"]) == 9 + len(bad) and summary["chunks"] == len(found["features/index.csv"]) == 9
+    assert len(found["manifest.csv"]) == 9 + len(bad) and summary.chunks == len(found["features/index.csv"]) == 9
     for name, rows in found.items():
         assert rows and not any(Path(r["path"]).is_absolute() for r in rows), name
         assert str(tmp_path) not in (run / name).read_text(), name  # nor in a reject's reason
@@ -175,7 +175,7 @@ def test_moving_the_data_and_the_run_folder_still_preprocesses(tmp_path):
     Path(again.run_dir).mkdir(parents=True)
     shutil.copy(Path(config.run_dir) / "manifest.csv", Path(again.run_dir) / "manifest.csv")
     summary = preprocess(again)
-    assert summary["chunks"] == 9 and summary["rejected_files"] == 3
+    assert summary.chunks == 9 and summary.rejected_files == 3
     before, after = Path(config.run_dir), Path(again.run_dir)
     for name in ("features/index.csv", "features/rejects.csv"):
         assert (after / name).read_text() == (before / name).read_text(), name

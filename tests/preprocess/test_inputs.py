@@ -28,6 +28,7 @@ from PIL import Image
 
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.preprocess.run import preprocess
+from pipeline.records import PreprocessSummary
 from pipeline.stages import data_stage
 from tests.conftest import tiny_experiment
 
@@ -199,7 +200,7 @@ class InputsRun:
     good: dict[str, Good]
     bad: dict[str, str]
     before: dict[str, tuple]
-    summary: dict
+    summary: PreprocessSummary
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,7 @@ def test_every_format_rate_and_channel_count_gives_the_chunks_its_duration_holds
         end = float(rows[-1]["end_s"])  # a padded last chunk ends where the decoded audio does
         assert end == pytest.approx(expected_end(good.seconds), abs=1e-3 if good.exact else 0.1), path
     assert set(chunks) == set(inputs.good)
-    assert inputs.summary["chunks"] == sum(expected_chunks(g.seconds) for g in inputs.good.values())
+    assert inputs.summary.chunks == sum(expected_chunks(g.seconds) for g in inputs.good.values())
 
 
 def test_every_format_decodes_to_the_same_speech(inputs):
@@ -288,7 +289,7 @@ def test_bad_files_are_rejected_with_what_went_wrong(inputs):
         reason = by_name[name]["reason"]
         assert re.search(pattern, reason), (name, reason)
     summary = json.loads((Path(inputs.config.run_dir) / "features" / "summary.json").read_text())
-    assert summary["rejected_files"] == inputs.summary["rejected_files"] == len(inputs.bad)
+    assert summary["rejected_files"] == inputs.summary.rejected_files == len(inputs.bad)
     assert summary["files"] == len(inputs.good) + len(inputs.bad)
 
 

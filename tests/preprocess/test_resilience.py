@@ -59,7 +59,7 @@ def test_a_worker_killed_mid_run_has_its_tasks_redone(tmp_path, speech_dir, refe
 
     assert removal and removal[0]["processing-tasks"], f"the kill of {worker} lost no task: {removal}"
     assert pid not in pids_now  # the nanny replaced it with a new process
-    assert summary["tasks"] == TASKS
+    assert summary.tasks == TASKS
     assert_same_outputs(reference, Path(config.run_dir))
 
 
@@ -113,7 +113,8 @@ def test_a_retried_attempt_of_a_finished_task_keeps_the_first_shard(tmp_path, sp
     features.mkdir()
     first = run_task(task, config.preprocess, config.data.sample_rate, config.run_dir, config.data.root)
     before = {p.name: p.stat().st_mtime_ns for p in shards.shard_dir(features, 0).iterdir()}
-    shards.write_shard(features, 0, {"logmel": np.zeros((1, 2, 3))}, [], {"task_id": 0, "late": True})
+    late = shards.TaskSummary(task_id=0, node="late", files=1, chunks=0, rejects=[], train_stats={})
+    shards.write_shard(features, 0, {"logmel": np.zeros((1, 2, 3))}, [], late)
     assert shards.read_summary(features, 0) == first
     assert {p.name: p.stat().st_mtime_ns for p in shards.shard_dir(features, 0).iterdir()} == before
     assert not list(features.glob(".shard-*"))

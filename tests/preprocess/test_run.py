@@ -33,8 +33,8 @@ def test_serial_run_writes_shards_index_images_and_stats(tmp_path, speech_dir):
     summary = preprocess(config)
     run = Path(config.run_dir)
     index = read_index(run)
-    assert summary["chunks"] == len(index) > 20
-    assert summary["tasks"] == 5  # 20 files, 4 per task
+    assert summary.chunks == len(index) > 20
+    assert summary.tasks == 5  # 20 files, 4 per task
     splits_of_file = {}
     for row in index:
         splits_of_file.setdefault(row["path"], set()).add(row["split"])
@@ -56,7 +56,7 @@ def test_dask_cluster_gives_the_same_outputs_as_serial(tmp_path, speech_dir):
     clustered = prepared(tmp_path / "b", speech_dir)
     with dask_executor(clustered.preprocess) as executor:
         summary = preprocess(clustered, executor)
-    assert summary["runs"][-1]["workers"] == clustered.preprocess.workers
+    assert summary.runs[-1].workers == clustered.preprocess.workers
     a, b = Path(serial.run_dir) / "features", Path(clustered.run_dir) / "features"
     assert (a / "index.csv").read_text() == (b / "index.csv").read_text()
     for shard in sorted(p.name for p in a.glob("shard-*")):
@@ -76,9 +76,9 @@ def test_rerun_skips_complete_shards_and_redoes_missing_ones(tmp_path, speech_di
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert (features / "index.csv").read_text() == index_before
     summary = preprocess(config)  # nothing left to do
-    tasks = summary["tasks"]
-    assert [(r["tasks"], r["chunks"] > 0) for r in summary["runs"]] == [(tasks, True), (1, True), (0, False)]
-    assert summary["tasks_without_record"] == 0
+    tasks = summary.tasks
+    assert [(r.tasks, r.chunks > 0) for r in summary.runs] == [(tasks, True), (1, True), (0, False)]
+    assert summary.tasks_without_record == 0
     text = work_done(summary)
     assert f"run 1 of 3: {tasks} tasks" in text and "run 2 of 3: 1 tasks" in text and "run 3" not in text
     assert "1 later run(s) found every shard complete and did no work" in text
@@ -101,7 +101,7 @@ def test_bad_files_are_rejected_with_a_reason_and_left_untouched(tmp_path, speec
         rejects = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
     assert set(bad) <= set(rejects)
     assert all(rejects[name] for name in bad)
-    assert summary["rejected_files"] == len(rejects)
+    assert summary.rejected_files == len(rejects)
     for name, content in bad.items():
         assert (data / "cs-m" / name).read_bytes() == content
 

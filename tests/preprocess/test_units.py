@@ -99,5 +99,6 @@ def test_a_shard_folder_gets_the_permissions_of_the_features_folder(tmp_path):
     features.mkdir()
     features.chmod(0o2750)  # group-readable, setgid: as on a project's shared file system
     rows = [{"path": "a.wav", "label": "x", "split": "train", "chunk": 0, "start_s": 0.0, "end_s": 1.0}]
-    shard = shards.write_shard(features, 3, {"logmel": np.zeros((1, 2, 3))}, rows, {"task_id": 3})
+    summary = shards.TaskSummary(task_id=3, files=1, chunks=1, rejects=[], train_stats={})
+    shard = shards.write_shard(features, 3, {"logmel": np.zeros((1, 2, 3))}, rows, summary)
     assert shard.stat().st_mode & 0o7777 == 0o2750

@@ -1,0 +1,255 @@
+"""The sections of an experiment config: one small dataclass per stage, with the defaults and what each key means.
+
+Only the data: loading and checking live in `pipeline.config` (`load_config`), `pipeline.config_schema` (YAML to
+these classes) and `pipeline.config_checks` (values that type-check but cannot work). Every stage reads its own
+section; `pipeline.config` re-exports all of them, so `from pipeline.config import TrainConfig` is the way to name
+one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SplitConfig:
+    val: float = 0.15
+    """Fraction of source files (not chunks) in the validation split."""
+    test: float = 0.15
+    """Fraction of source files in the test split."""
+    seed: int = 0
+    """Seed of the per-label shuffle that assigns files to splits."""
+    by: Literal["file", "speaker"] = "file"
+    """`file` splits source files; `speaker` keeps every speaker in one split, so test voices are unseen."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["demo", "spoof", "folder", "csv", "asvspoof"] = "folder"
+    """`demo` builds the Fish Fillets speaker dataset into `root` if it is missing, `spoof` the natural vs
+    synthesized speech dataset; `folder` reads `root` as one sub-folder per class; `csv` reads `manifest`;
+    `asvspoof` reads the ASVspoof 2019-style `protocol` and the audio in `root`."""
+    root: str = "data/demo"
+    """Dataset folder: one sub-folder per class (`folder`, `demo`), where `spoof` builds its files, or the folder
+    of `<FILE>.flac` (or `.wav`) files a protocol names (`asvspoof`)."""
+    manifest: str | None = None
+    """With `csv`: a CSV with columns path, label and optionally speaker and split (relative paths are
+    relative to the CSV's folder)."""
+    protocol: str | None = None
+    """With `asvspoof`: the protocol file, one `SPEAKER FILE - SYSTEM KEY` line per utterance (KEY bonafide or
+    spoof is the label, SPEAKER the speaker for `split.by: speaker`), as the challenge ships it."""
+    sample_rate: int = 16000
+    """Every file is resampled to this rate, so a model cannot learn the recording rate instead of the class."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    """How source files are split into train / val / test."""
+
+
+@dataclass
+class DaskSlurmConfig:
+    """The SLURM jobs of `preprocess.cluster: slurm` (dask-jobqueue's SLURMCluster): each job runs Dask workers
+    that connect back to the scheduler in the `pipeline preprocess` process. Every value lands in an sbatch script,
+    so the strings are checked like those of `slurm:`."""
+
+    jobs: int = 2
+    """SLURM jobs to keep running; each one is resubmitted when its workers retire before the walltime."""
+    cores: int = 4
+    """CPU cores per job (`--cpus-per-task`), shared by its worker processes, one thread per core."""
+    processes: int = 4
+    """Dask worker processes per job; processes rather than threads because feature work holds the GIL."""
+    memory: str = "8GB"
+    """Memory per job (e.g. `8GB`, `16GiB`), split evenly between its worker processes."""
+    walltime: str = "01:00:00"
+    """Time limit of each job ([D-]HH:MM:SS); workers retire a little before it, so it never kills a task."""
+    partition: str | None = None
+    """Partition of the worker jobs; none: the cluster's default."""
+    account: str | None = None
+    """Account charged for the worker jobs; none: the user's default."""
+    extra_options: list[str] = field(default_factory=list)
+    """More sbatch options for the worker jobs, e.g. `--qos=high`."""
+
+
+@dataclass
+class PreprocessConfig:
+    chunk_seconds: float = 3.0
+    """Length of each chunk; the seed method used 1, 3, 5 and 10 s."""
+    hop_seconds: float | None = None
+    """Step from one chunk's start to the next; shorter than `chunk_seconds` makes chunks overlap. None: no overlap."""
+    last_chunk: Literal["drop", "pad"] = "drop"
+    """What to do with a final chunk shorter than `chunk_seconds`: drop it or zero-pad it."""
+    min_last_chunk: float = 0.5
+    """With `pad`, the shortest remainder (as a fraction of a chunk) still worth padding."""
+    silence_threshold_db: float | None = None
+    """Drop chunks whose RMS level is below this many dB relative to full scale (e.g. -50); None keeps all."""
+    export_chunks: bool = False
+    """Also write every chunk as a 16-bit wav under chunks/<split>/<label>/ (as seed 001 did); by default chunks
+    are rows pointing into their source file (`path`, `start_s`, `end_s`)."""
+    n_mfcc: int = 13
+    """MFCC coefficients per frame (13 as in seed 001)."""
+    n_mels: int = 64
+    """Mel bands of the log-mel spectrogram (and of the MFCC filterbank)."""
+    n_fft: int = 400
+    """FFT size in samples."""
+    hop_length: int = 160
+    """Hop between frames in samples."""
+    f_min: float = 0.0
+    """Lowest frequency of the mel filterbank in Hz."""
+    f_max: float | None = None
+    """Highest frequency of the mel filterbank in Hz; None: half the sample rate."""
+    top_db: float = 80.0
+    """Dynamic range kept by the dB conversion, below the loudest bin of each chunk (the dB floor)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where features are computed: `auto` uses a GPU when the worker sees one."""
+    images: bool = True
+    """Write spectrogram images per chunk under images/<feature>/<split>/<label>/."""
+    image_features: list[Literal["logmel", "mfcc"]] = field(default_factory=lambda: ["logmel"])
+    """Which features get images (seed 000 drew mel spectrograms, seed 001 MFCCs)."""
+    image_size: int = 128
+    """Height and width of each square image in pixels (seed 000: 288, ImageNet models: 224)."""
+    image_format: Literal["png", "jpeg"] = "png"
+    """PNG (lossless) or JPEG (quality 90, smaller; seed 001 saved JPEGs)."""
+    colormap: str = "magma"
+    """Matplotlib colormap name used as a lookup table."""
+    workers: int = 2
+    """Dask workers of the LocalCluster (one thread each); with `scheduler_file`, how many to wait for."""
+    scheduler_file: str | None = None
+    """Attach to a running Dask cluster through its scheduler file instead of starting a LocalCluster (this is how
+    slurm/preprocess.sbatch spreads the work over the nodes of its allocation)."""
+    files_per_task: int = 64
+    """Source files per Dask task (one feature shard each); large enough that scheduling overhead stays small."""
+    cluster: Literal["local", "slurm", "mpi"] = "local"
+    """Where the Dask workers come from: `local`, a LocalCluster of `workers` processes here; `slurm`, SLURM jobs
+    submitted by dask-jobqueue as `slurm_cluster` says; `mpi`, the ranks of an MPI launch (dask-mpi: rank 0 the
+    scheduler, rank 1 this pipeline, the others workers; see slurm/preprocess-mpi.sbatch). `scheduler_file` wins."""
+    slurm_cluster: DaskSlurmConfig = field(default_factory=DaskSlurmConfig)
+    """The worker jobs of `cluster: slurm`."""
+    interface: str | None = None
+    """Network interface the scheduler and workers of `cluster: slurm` or `mpi` listen on (e.g. `ib0`, `lo` on one
+    host); none: Dask's default, which may be one the compute nodes cannot reach."""
+
+
+@dataclass
+class TrainConfig:
+    model: Literal["cnn", "resnet50", "densenet121", "lstm"] = "cnn"
+    """`cnn`: seed 000's small CNN; `resnet50` (seed 001) and `densenet121` (seed 004): torchvision backbones with
+    a 512-dropout-512-dropout head; `lstm`: a recurrent classifier over the frames of a feature."""
+    input: Literal["features", "images"] = "features"
+    """`features` reads the feature shards (the fast path); `images` reads the spectrogram PNGs (the seeds' path)."""
+    feature: Literal["logmel", "mfcc"] = "logmel"
+    """Which feature the model reads when `input` is `features`."""
+    pretrained_weights: str | None = None
+    """Local file with a torchvision state_dict for the `resnet50`/`densenet121` backbone; none trains from scratch
+    (compute nodes usually have no network, so weights are never downloaded)."""
+    freeze: Literal["none", "backbone", "first_k"] = "none"
+    """Backbone layers to freeze: `none`; `backbone` (only the head trains); `first_k` (the first `trainable_blocks`
+    blocks and the head train, the rest is frozen, as seed 001 did)."""
+    trainable_blocks: int = 2
+    """With `freeze: first_k`, how many of the backbone's blocks (counted from the input) stay trainable."""
+    dropout: float = 0.25
+    """Dropout rate of the classifier head."""
+    epochs: int = 3
+    """Passes over the training split."""
+    batch_size: int = 32
+    """Batch size per rank; the global batch is this times the world size times `grad_accumulation`."""
+    lr: float = 1e-3
+    """Adam learning rate for one rank (before `lr_scaling`)."""
+    lr_scaling: Literal["none", "linear"] = "none"
+    """`linear` multiplies `lr` by the world size times `grad_accumulation` (the linear scaling rule)."""
+    warmup_epochs: float = 0.0
+    """Epochs over which the learning rate ramps up linearly from near zero (use with `lr_scaling: linear`)."""
+    grad_accumulation: int = 1
+    """Micro-batches whose gradients are summed before one optimizer step (and one all-reduce)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16` runs forward and loss under bfloat16 autocast on GPU; CPU ranks always run fp32."""
+    channels_last: bool = True
+    """Use the channels-last memory format for convolutional models (faster convolutions on GPUs)."""
+    loader_workers: int = 0
+    """DataLoader worker processes per rank (persistent); 0 loads in the training process."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimizer steps (0: only at the end of each epoch)."""
+    early_stopping_patience: int = 0
+    """Stop after this many epochs without improvement of `early_stopping_metric` (0: never stop early)."""
+    early_stopping_metric: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"] = \
+        "val_accuracy"
+    """Validation metric watched by early stopping."""
+    backend: Literal["ddp", "horovod"] = "ddp"
+    """`ddp` (torch DistributedDataParallel, the tested path) or `horovod` where it is importable."""
+    world_sizes: list[int] = field(default_factory=lambda: [1, 2])
+    """Each entry is one configuration: the number of DDP ranks."""
+    batch_sizes: list[int] = field(default_factory=list)
+    """Batch sizes per rank to sweep, each crossed with every world size; empty: just `batch_size`."""
+    repeats: int = 1
+    """Times each configuration is trained; repeat k uses seed `seed + k - 1`, so the spread covers both the
+    machine's noise and the model's initialisation. The report gives the mean and a 95% confidence interval over
+    the repeats. Above 1, each repeat has its own folder `<configuration>-r<k>`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` uses one GPU per rank when there are enough, else CPU ranks with gloo."""
+    threads_per_rank: int = 1
+    """CPU threads per rank, so that a CPU rank stands for one fixed unit of compute like a GPU."""
+    skip_oversubscribed: bool = True
+    """Skip CPU configurations needing more cores than the machine has (they are named in the report)."""
+    max_restarts: int = 0
+    """Restarts of a configuration whose rank died; each restart resumes from the last checkpoint."""
+    requeue: bool = True
+    """Inside a SLURM job, on SIGUSR1 save a checkpoint and `scontrol requeue` the job."""
+    seed: int = 0
+    """Seed of model init and data order."""
+
+
+@dataclass
+class SlurmConfig:
+    """How `pipeline submit` asks SLURM for resources. Every value lands in a generated sbatch script, so the
+    strings are checked (`check_slurm`) and quoted; none can add a line or a command to the script."""
+
+    partition: str | None = None
+    """Partition of every job (`--partition`); none: the cluster's default."""
+    account: str | None = None
+    """Account charged (`--account`); none: the user's default."""
+    gpus_per_node: int = 0
+    """GPUs per node. A configuration of N ranks takes ceil(N / gpus_per_node) nodes with `--gres=gpu:K` (K ranks
+    per node, one task per GPU); 0: CPU ranks without GPUs."""
+    cpu_ranks_per_node: int = 4
+    """With `gpus_per_node: 0`, how many CPU ranks share a node."""
+    preprocess_nodes: int = 1
+    """Nodes of the preprocessing job; each runs one Dask worker process per CPU it gets."""
+    preprocess_cpus_per_node: int = 4
+    """CPUs (and Dask workers) per node of the preprocessing job."""
+    memory: str | None = None
+    """Memory per node (`--mem`, e.g. `32G`); none: the partition's default."""
+    time_preprocess: str = "02:00:00"
+    """Time limit of the preprocessing job ([D-]HH:MM:SS)."""
+    time_train: str = "04:00:00"
+    """Time limit of each training job; 90 s before it, SIGUSR1 makes training checkpoint and requeue."""
+    time_report: str = "00:20:00"
+    """Time limit of the report job."""
+    signal_seconds: int = 90
+    """How long before the time limit SLURM sends SIGUSR1 to the training ranks (`--signal=USR1@N`)."""
+    python: str | None = None
+    """Python with the pipeline installed, as the compute nodes see it; none: the one running `pipeline submit`
+    (right when the virtual environment is on a shared file system)."""
+    extra_options: list[str] = field(default_factory=list)
+    """More sbatch options for every job, e.g. `--qos=high` or `--constraint=a100`."""
+
+
+@dataclass
+class ReportConfig:
+    """What `pipeline report` adds to the measured figures."""
+
+    interconnect_gbit_s: float = 100.0
+    """Link bandwidth per GPU of the projection model (Gbit/s; 100 is one InfiniBand EDR port, 200 HDR)."""
+    projection_world_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
+    """World sizes the projection model extrapolates to, drawn dashed beside the measured points."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    """Short name of the experiment, shown in reports."""
+    run_dir: str = "results/experiment"
+    """Folder that holds every output of this experiment."""
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Resources of the jobs `pipeline submit` sends to SLURM."""
+    report: ReportConfig = field(default_factory=ReportConfig)
