@@ -6,16 +6,18 @@ What it measures, in one process (world size 1, `torch.set_num_threads(--threads
 
 - real: training steps that read the demo's training split through the same Dataset and DataLoader the trainer
   builds (`build_dataset(run_dir, input, "logmel", "train")`, batch 32, the trainer's shuffling DistributedSampler
-  with one replica, drop_last, `num_workers` as given, persistent workers), one endless iterator over epochs as in
-  the trainer (epoch boundaries, and their iterator restarts, fall inside the timed steps);
+  with one replica, drop_last, `num_workers` as given, persistent workers: `pipeline.train.builders.build_loader`),
+  one endless iterator over epochs as in the trainer (epoch boundaries, and their iterator restarts, fall inside the
+  timed steps);
 - synthetic: the same number of steps on one random batch of the same shape already in memory (no loader);
 - cached (a control): the same number of steps on one real batch from the loader, kept in memory and reused. If it
   runs as fast as synthetic, the model's compute does not depend on the values, and whatever the real arm loses
   beyond its fetch time is a side effect of loading (caches, the worker process taking CPU).
 
-The arms share one model, one Adam optimizer and one loss, and run the trainer's step: fetch (real arm only),
-channels-last conversion for convolutional models, forward, cross-entropy, backward, optimizer step, zero_grad,
-running totals. The model is not wrapped in DDP (identical in every arm, so the ratio isolates the input path).
+The arms share one model and one Adam optimizer, built by the trainer's `build_network` and `build_optimizer`, and
+one loss, and run the trainer's step: fetch (real arm only), channels-last conversion for convolutional models,
+forward, cross-entropy, backward, optimizer step, zero_grad, running totals. The model is not wrapped in DDP
+(identical in every arm, so the ratio isolates the input path).
 After a warm-up, the arms are interleaved step by step, cycling through the 6 orders of the 3 arms, so that machine
 noise and drift, which on a shared machine change within seconds, hit all alike. A repeat is `--steps` steps of each
 arm; it gives samples/s per arm and one ratio real/synthetic, and the JSON has mean, std, min and max of each over
@@ -50,22 +52,20 @@ from benchlib import (
     require_features,
     spread,
 )
+from scipy import stats as scipy_stats
 from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.config import TrainConfig
 from pipeline.io import atomic_write_json
+from pipeline.train.builders import ResumableSampler, build_loader, build_network, build_optimizer
 from pipeline.train.data import build_dataset, read_labels
 from pipeline.train.environment import available_cores
-from pipeline.train.models import build_model, is_convolutional
-from pipeline.train.trainer import ResumableSampler
+from pipeline.train.models import is_convolutional
 
 TARGET = 0.95
 ARMS = ("real", "synthetic", "cached")
 ORDERS = list(itertools.permutations(ARMS))
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 ISSUE = "Data stall: throughput reading real shards vs the same model on in-memory synthetic tensors; target >= 0.95"
 
 
@@ -97,7 +97,7 @@ def ci95(stats: dict) -> list[float]:
     n = stats["n"]
     if n < 2:
         return [stats["mean"], stats["mean"]]
-    half = (T95[n - 2] if n - 2 < len(T95) else 1.96) * stats["std"] / n ** 0.5
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * stats["std"] / n ** 0.5
     return [stats["mean"] - half, stats["mean"] + half]
 
 
@@ -124,9 +124,9 @@ def endless(loader: DataLoader, sampler: ResumableSampler):
 class Stepper:
     """The trainer's step on one model, optimizer and loss, shared by all arms of a row."""
 
-    def __init__(self, model: nn.Module, channels_last: bool, lr: float) -> None:
+    def __init__(self, model: nn.Module, channels_last: bool, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.channels_last = model, channels_last
-        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        self.optimizer = optimizer
         self.loss_fn = nn.CrossEntropyLoss()
         self.totals = torch.zeros(3)
 
@@ -186,16 +186,12 @@ def measure_row(args: argparse.Namespace, input_kind: str, workers: int) -> dict
     sample_shape = tuple(dataset[0][0].shape)
     config = TrainConfig(model=args.model, input=input_kind, feature="logmel", batch_size=args.batch_size,
                          loader_workers=workers, seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model(config, len(labels), in_channels, sample_shape[1])
-    channels_last = config.channels_last and is_convolutional(config.model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    torch.manual_seed(args.seed)  # as the trainer seeds before building the model
+    model, channels_last = build_network(config, len(labels), in_channels, sample_shape[1], device)
     model.train()
-    sampler = ResumableSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=args.seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(args.seed))
-    stepper = Stepper(model, channels_last, config.lr)
+    sampler, loader = build_loader(dataset, config, 1, 0, device)  # the trainer's sampler and loader, one rank
+    stepper = Stepper(model, channels_last, build_optimizer(model, config.lr))
     synthetic_x = torch.randn(args.batch_size, *sample_shape)
     if channels_last:
         synthetic_x = synthetic_x.contiguous(memory_format=torch.channels_last)

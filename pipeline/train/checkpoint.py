@@ -54,20 +54,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: torch.optim.lr_scheduler.LRScheduler, progress: Progress) -> None:
-    """Write a checkpoint atomically (a temporary file in the same folder, then rename)."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "progress": progress.__dict__, "rng": rng_state()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, progress: Progress) -> dict[str, Any]:
+    """Everything a checkpoint holds, the RNG states as they are now."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "progress": progress.__dict__, "rng": rng_state()}
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: torch.optim.lr_scheduler.LRScheduler) -> Progress:
-    """Restore every saved state in place and return where training stands."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+def load_state_dict(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> Progress:
+    """Restore every saved state in place (the RNG states last) and return where training stands."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return Progress(**state["progress"])
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint (`state_dict`) atomically (a temporary file in the same folder, then rename)."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=False)

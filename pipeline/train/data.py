@@ -18,17 +18,19 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
+from pipeline.layout import RunLayout
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def read_labels(run_dir: Path) -> list[str]:
-    return json.loads((Path(run_dir) / "features" / "labels.json").read_text())
+    return json.loads(RunLayout(run_dir).features.labels.read_text())
 
 
 def split_rows(run_dir: Path, split: str) -> list[dict]:
     """index.csv rows of one split, in index order."""
-    index = Path(run_dir) / "features" / "index.csv"
+    index = RunLayout(run_dir).features.index
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
     with open(index, newline="") as f:
@@ -47,18 +49,18 @@ def normalise(x: torch.Tensor, stats: dict) -> torch.Tensor:
 
 def load_split(run_dir: Path, feature: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """([n, 1, bins, frames] float32 features, [n] int64 labels, label names) of one split, in index order."""
-    features_dir = Path(run_dir) / "features"
+    features = RunLayout(run_dir).features
     labels = read_labels(run_dir)
-    stats = json.loads((features_dir / "stats.json").read_text())
+    stats = json.loads(features.stats.read_text())
     if feature not in stats:
-        raise ValueError(f"{features_dir}: no training statistics for feature {feature!r}")
+        raise ValueError(f"{features.folder}: no training statistics for feature {feature!r}")
     rows_by_shard: dict[str, list[int]] = defaultdict(list)
     targets_by_shard: dict[str, list[int]] = defaultdict(list)
     for row in split_rows(run_dir, split):
         rows_by_shard[row["shard"]].append(int(row["row"]))
         targets_by_shard[row["shard"]].append(labels.index(row["label"]))
     targets = [t for shard in rows_by_shard for t in targets_by_shard[shard]]
-    parts = [np.load(features_dir / shard / f"{feature}.npy", mmap_mode="r")[rows]
+    parts = [np.load(features.shard(shard) / f"{feature}.npy", mmap_mode="r")[rows]
              for shard, rows in rows_by_shard.items()]
     x = torch.from_numpy(np.concatenate(parts).astype(np.float32))
     return normalise(x, stats[feature]), torch.tensor(targets, dtype=torch.int64), labels
@@ -78,10 +80,10 @@ class SpectrogramImages(Dataset):
         rows = split_rows(run_dir, split)
         missing = [r for r in rows if not r.get(f"image_{feature}")]
         if missing:
-            raise ValueError(f"{Path(run_dir) / 'features' / 'index.csv'}: chunks without {feature} images "
+            raise ValueError(f"{RunLayout(run_dir).features.index}: chunks without {feature} images "
                              f"(preprocess with `preprocess.images: true` and {feature} in "
                              f"`preprocess.image_features` to train on them), e.g. {missing[0]['path']}")
-        self.paths = [Path(run_dir) / r[f"image_{feature}"] for r in rows]
+        self.paths = [RunLayout(run_dir).root / r[f"image_{feature}"] for r in rows]
         self.targets = torch.tensor([labels.index(r["label"]) for r in rows], dtype=torch.int64)
 
     def __len__(self) -> int:

@@ -85,16 +85,3 @@ def export_rendezvous(dist_env: DistributedEnv) -> None:
     os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
     os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
 
-
-def require_backend(backend: str) -> None:
-    """DDP is always available; Horovod only where it was built, which torch >= 2.1 rules out."""
-    if backend == "ddp":
-        return
-    try:
-        import horovod.torch  # noqa: F401
-    except ImportError as err:
-        raise RuntimeError(
-            "train.backend: 'horovod' is not importable here (its last release, 0.28.1, does not build against "
-            "torch >= 2.1, which this project pins); use backend: ddp") from err
-    raise RuntimeError("train.backend: 'horovod' is importable, but this version of the pipeline trains with DDP "
-                       "only; use backend: ddp")

@@ -5,6 +5,8 @@ All ranks get the same numbers, so decisions taken from them (early stopping) ar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -15,22 +17,35 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from pipeline.train.metrics import classification_metrics
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How inputs reach the model when scoring: the same for every split of a run (the trainer builds it once)."""
+
+    device: torch.device
+    batch_size: int
+    loader_workers: int = 0
+    channels_last: bool = False
+    """Convolutional models run in channels-last memory format."""
+    autocast: bool = False
+    """The forward pass runs in bfloat16 (train.precision bf16 on a GPU)."""
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, labels: list[str], device: torch.device, batch_size: int,
-             loader_workers: int = 0, channels_last: bool = False, autocast: bool = False) -> dict:
+def evaluate(model: nn.Module, dataset: Dataset, labels: list[str], settings: EvalSettings) -> dict:
     """Metrics of `model` on `dataset` (loss, accuracy, balanced accuracy, macro F1, EER, confusion)."""
+    device = settings.device
     was_training = model.training
     model.eval()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = list(range(rank, len(dataset), world))
-    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=loader_workers,
+    loader = DataLoader(Subset(dataset, mine), batch_size=settings.batch_size, num_workers=settings.loader_workers,
                         pin_memory=device.type == "cuda")
     scores, targets, losses = [], [], []
     for xb, yb in loader:
         xb = xb.to(device, non_blocking=True)
-        if channels_last:
+        if settings.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast):
             logits = model(xb)
         logits = logits.float().cpu()
         losses.append(F.cross_entropy(logits, yb, reduction="none").numpy())

@@ -17,11 +17,12 @@ import torch
 from pipeline.audio import AudioError, load_audio
 from pipeline.config import ExperimentConfig, TrainConfig, build
 from pipeline.io import atomic_write_json
+from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.preprocess import images
 from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.train.data import build_dataset, image_tensor, normalise
-from pipeline.train.evaluation import evaluate
+from pipeline.train.evaluation import EvalSettings, evaluate
 from pipeline.train.metrics import write_confusion
 from pipeline.train.models import build_model
 
@@ -37,13 +38,13 @@ class TrainedModel:
 
 def trained_configurations(config: ExperimentConfig) -> list[Path]:
     """Configuration folders of the run that have final weights, in name order."""
-    return sorted(p.parent for p in (Path(config.run_dir) / "configs").glob("*/model.pt"))
+    return [paths.folder for paths in RunLayout(config.run_dir).trainings() if paths.model.exists()]
 
 
 def choose(config: ExperimentConfig, name: str | None) -> Path:
     folders = trained_configurations(config)
     if not folders:
-        raise FileNotFoundError(f"{Path(config.run_dir) / 'configs'}: no trained configuration (model.pt); run "
+        raise FileNotFoundError(f"{RunLayout(config.run_dir).configs}: no trained configuration (model.pt); run "
                                 "`pipeline train CONFIG` first")
     if name is None:
         return folders[0]
@@ -55,10 +56,11 @@ def choose(config: ExperimentConfig, name: str | None) -> Path:
 
 
 def load_trained(folder: Path) -> TrainedModel:
-    state = torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=False)
+    model_pt = TrainingPaths(Path(folder)).model
+    state = torch.load(model_pt, map_location="cpu", weights_only=False)
     # The weights come from model.pt: no pretrained file is needed, and freezing is irrelevant for inference.
     train = build(TrainConfig, {**state["train"], "pretrained_weights": None, "freeze": "none"},
-                  source=str(Path(folder) / "model.pt"))
+                  source=str(model_pt))
     model = build_model(train, len(state["labels"]), state["in_channels"], state.get("n_bins"))
     model.load_state_dict(state["model"])
     model.eval()
@@ -68,11 +70,13 @@ def load_trained(folder: Path) -> TrainedModel:
 def evaluate_configuration(config: ExperimentConfig, folder: Path) -> dict:
     """Score one configuration's final weights on the test split; writes evaluation_test.json and its confusion."""
     trained = load_trained(folder)
+    paths = TrainingPaths(Path(folder))
     test_set, _ = build_dataset(Path(config.run_dir), trained.config.input, trained.config.feature, "test")
-    result = evaluate(trained.model, test_set, trained.labels, torch.device("cpu"), trained.config.batch_size)
-    result["configuration"] = folder.name
-    atomic_write_json(folder / "evaluation_test.json", result)
-    write_confusion(folder / "confusion_test", result["confusion"], trained.labels, f"test, {folder.name}")
+    result = evaluate(trained.model, test_set, trained.labels,
+                      EvalSettings(torch.device("cpu"), trained.config.batch_size))
+    result["configuration"] = paths.name
+    atomic_write_json(paths.evaluation_test, result)
+    write_confusion(paths.confusion_test, result["confusion"], trained.labels, f"test, {paths.name}")
     return result
 
 
@@ -87,7 +91,7 @@ class ChunkInputs:
         self.extractor = FeatureExtractor(self.pre, self.sample_rate)
         self.stats = None
         if self.train.input == "features":
-            stats = json.loads((Path(config.run_dir) / "features" / "stats.json").read_text())
+            stats = json.loads(RunLayout(config.run_dir).features.stats.read_text())
             self.stats = stats[self.train.feature]
 
     def __call__(self, path: Path) -> torch.Tensor:

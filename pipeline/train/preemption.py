@@ -11,9 +11,12 @@ import os
 import signal
 import subprocess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from pipeline.train.backend import DDPBackend
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -35,10 +38,10 @@ class StopFlag:
         if self.signal is None:
             self.signal = signum
 
-    def agreed(self, device: torch.device) -> int | None:
+    def agreed(self, backend: DDPBackend, device: torch.device) -> int | None:
         """The stop signal if any rank received one (same answer on every rank), else None."""
         flag = torch.tensor([self.signal or 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        backend.all_reduce(flag, op="max")
         return int(flag.item()) or None
 
 

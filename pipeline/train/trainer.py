@@ -1,46 +1,65 @@
 """The training loop of one DDP rank: epochs of timed steps, validation, checkpoints, early stopping, clean stops.
 
-Every rank runs this same function. The loop checks for a stop signal after each optimizer step; on one, all
-ranks stop at the same step, rank 0 writes the checkpoint, and the function returns without final metrics.
+Every rank builds the same `Trainer` and runs `fit()`. The loop checks for a stop signal after each optimizer
+step; on one, all ranks stop at the same step, rank 0 writes the checkpoint, and `fit` returns without final
+metrics.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.config import TrainConfig
+from pipeline.layout import RunLayout, TrainingPaths
+from pipeline.records import EpochRecord
 from pipeline.train import checkpoint
+from pipeline.train.backend import DDPBackend
+from pipeline.train.builders import (
+    build_loader,
+    build_network,
+    build_optimizer,
+    build_scheduler,
+    effective_lr,
+    optimizer_steps_per_epoch,
+)
 from pipeline.train.checkpoint import Progress
 from pipeline.train.data import build_dataset, read_labels
-from pipeline.train.evaluation import evaluate
-from pipeline.train.models import build_model, describe_init, is_convolutional
+from pipeline.train.evaluation import EvalSettings, evaluate
+from pipeline.train.models import describe_init
 from pipeline.train.preemption import StopFlag
-from pipeline.train.timing import AllReduceClock, PhaseClock, StepTimes, timed_allreduce_hook
+from pipeline.train.timing import PhaseClock, StepTimes
 
 LOWER_IS_BETTER = {"val_loss"}
+EPOCH_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1")
+"""EpochRecord fields written to TensorBoard after each epoch (as `epoch/<name>`)."""
 
 
-class ResumableSampler(DistributedSampler):
-    """A DistributedSampler that can start mid-epoch: the order stays a function of (seed, epoch) alone."""
+@dataclass
+class RunFacts:
+    """Facts about the run for metrics.json and model.pt, fixed when the trainer is built."""
 
-    skip: int = 0
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
+    lr_effective: float
+    steps_per_epoch: int
+    warmup_steps: int
+    init: str
+    """How the weights started (see `describe_init`)."""
+    in_channels: int
+    n_bins: int
+    """Rows of one input (feature bins, or image height): the lstm reads one frame of n_bins per time step."""
+    channels_last: bool
+    precision: str
+    """`bf16` or `fp32`: what the forward pass really runs in."""
+    resumed_from: dict | None
+    """epoch, batches_done and optimizer_steps of the checkpoint the run resumed from, or None."""
+    train_samples: int
 
 
 @dataclass
@@ -51,138 +70,202 @@ class Outcome:
     progress: Progress
     stop_signal: int | None
     """The signal that stopped training early (a checkpoint was written), or None when it ran to the end."""
-    details: dict
-    """Facts about the run for metrics.json (learning rate, steps per epoch, how the model was initialised)."""
+    facts: RunFacts
 
 
-def train(run_dir: Path, out: Path, config: TrainConfig, device: torch.device, resume: bool,
-          stop: StopFlag, log=print, tensorboard=None) -> Outcome:
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(config.seed)  # the same on every rank: DDP also broadcasts rank 0's initial weights
-    labels = read_labels(run_dir)
-    train_set, in_channels = build_dataset(run_dir, config.input, config.feature, "train")
-    val_set, _ = build_dataset(run_dir, config.input, config.feature, "val")
-    n_bins = train_set[0][0].shape[1]  # the lstm reads one feature frame of n_bins per time step
-    model = build_model(config, len(labels), in_channels, n_bins).to(device)
-    channels_last = config.channels_last and is_convolutional(config.model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    allreduce_clock = AllReduceClock()
-    ddp.register_comm_hook(allreduce_clock, timed_allreduce_hook)
-    lr = config.lr * (world * config.grad_accumulation if config.lr_scaling == "linear" else 1)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed,
-                               drop_last=True)
-    # The loader's own generator keeps its per-epoch seed draw off the global RNG that drives dropout, so a resumed
-    # run draws the same dropout masks as an uninterrupted one.
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=config.loader_workers, persistent_workers=config.loader_workers > 0,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
-    steps_per_epoch = (len(sampler) // config.batch_size) // config.grad_accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size: {config.batch_size} x grad_accumulation {config.grad_accumulation} x "
-                         f"{world} ranks is more than the {len(train_set)} training chunks")
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
-    checkpoint_path = out / "checkpoints" / "last.pt"
-    progress = Progress()
-    resumed_from = None
-    if resume and checkpoint_path.exists():
-        progress = checkpoint.load(checkpoint_path, model, optimizer, scheduler)
-        resumed_from = {"epoch": progress.epoch, "batches_done": progress.batches_done,
-                        "optimizer_steps": progress.optimizer_steps}
-        log(f"resumed from {checkpoint_path}: epoch {progress.epoch}, {progress.batches_done} batches done")
-    autocast = config.precision == "bf16" and device.type == "cuda"
-    loss_fn = nn.CrossEntropyLoss()
-    clock = PhaseClock(device)
-    steps = StepTimes(progress.step_times)  # appends to the list that checkpoints save
-    stop_signal = None
+class Trainer:
+    """One rank's training run: built once (data, model, optimizer, schedule, loader, checkpoint), then `fit()`."""
 
-    def save_checkpoint() -> None:
-        if rank == 0:
-            checkpoint.save(checkpoint_path, model, optimizer, scheduler, progress)
-        dist.barrier()
+    def __init__(self, layout: RunLayout, paths: TrainingPaths, config: TrainConfig, device: torch.device,
+                 backend: DDPBackend, stop: StopFlag, log: Callable[[str], None] = print, tensorboard=None) -> None:
+        self.layout, self.paths, self.config, self.device = layout, paths, config, device
+        self.backend, self.stop, self.log, self.tensorboard = backend, stop, log, tensorboard
+        self.rank, self.world = backend.rank, backend.world_size
+        torch.manual_seed(config.seed)  # the same on every rank: DDP also broadcasts rank 0's initial weights
+        self.labels = read_labels(layout.root)
+        self.train_set, self.in_channels = build_dataset(layout.root, config.input, config.feature, "train")
+        self.val_set, _ = build_dataset(layout.root, config.input, config.feature, "val")
+        self.n_bins = self.train_set[0][0].shape[1]
+        self.model, self.channels_last = build_network(config, len(self.labels), self.in_channels, self.n_bins,
+                                                       device)
+        self.ddp = backend.wrap(self.model, device)
+        self.lr = effective_lr(config, self.world)
+        self.optimizer = build_optimizer(self.model, self.lr)
+        self.sampler, self.loader = build_loader(self.train_set, config, self.world, self.rank, device)
+        self.steps_per_epoch = optimizer_steps_per_epoch(self.sampler, config, len(self.train_set))
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.warmup_steps)
+        self.autocast = config.precision == "bf16" and device.type == "cuda"
+        self.eval_settings = EvalSettings(device, config.batch_size, config.loader_workers, self.channels_last,
+                                          self.autocast)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.clock = PhaseClock(device)
+        self.resumed_from: dict | None = None
+        self.stop_signal: int | None = None
+        self._start_from(Progress())
 
-    while progress.epoch <= config.epochs and not progress.stopped_early and stop_signal is None:
+    @classmethod
+    def build(cls, layout: RunLayout, paths: TrainingPaths, config: TrainConfig, device: torch.device,
+              backend: DDPBackend, stop: StopFlag, resume: bool, log: Callable[[str], None] = print,
+              tensorboard=None) -> Trainer:
+        """A trainer ready to `fit`, continuing from the run's checkpoint when `resume` and there is one."""
+        trainer = cls(layout, paths, config, device, backend, stop, log, tensorboard)
+        if resume and paths.checkpoint.exists():
+            trainer.restore()
+        return trainer
+
+    def _start_from(self, progress: Progress) -> None:
+        self.progress = progress
+        self.steps = StepTimes(progress.step_times)  # appends to the list that checkpoints save
+
+    # Checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return checkpoint.state_dict(self.model, self.optimizer, self.scheduler, self.progress)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._start_from(checkpoint.load_state_dict(state, self.model, self.optimizer, self.scheduler))
+
+    def restore(self) -> None:
+        """Continue from the run's checkpoint: weights, optimizer, schedule, RNG states and progress."""
+        path = self.paths.checkpoint
+        self.load_state_dict(checkpoint.read(path))
+        progress = self.progress
+        self.resumed_from = {"epoch": progress.epoch, "batches_done": progress.batches_done,
+                             "optimizer_steps": progress.optimizer_steps}
+        self.log(f"resumed from {path}: epoch {progress.epoch}, {progress.batches_done} batches done")
+
+    def save_checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint; every rank waits for it."""
+        if self.rank == 0:
+            checkpoint.save(self.paths.checkpoint, self.state_dict())
+        self.backend.barrier()
+
+    # The loop
+
+    def fit(self) -> Outcome:
+        """Train until the last epoch, early stopping or a stop signal; returns what the run ended with."""
+        while (self.progress.epoch <= self.config.epochs and not self.progress.stopped_early
+               and self.stop_signal is None):
+            self.train_epoch()
+        return Outcome(self.model, self.progress, self.stop_signal, self.facts())
+
+    def train_epoch(self) -> None:
+        """The rest of the current epoch (all of it unless resumed mid-way), then validation and a checkpoint."""
+        progress, config = self.progress, self.config
         epoch = progress.epoch
-        sampler.set_epoch(epoch)
-        sampler.skip = progress.batches_done * config.batch_size
-        ddp.train()
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = progress.batches_done * config.batch_size
+        self.ddp.train()
         epoch_start = time.perf_counter()
-        totals = torch.zeros(3, device=device)  # loss sum, correct, samples
-        batches = iter(loader)
-        while progress.batches_done < steps_per_epoch * config.grad_accumulation:
-            step_start = clock.mark()
-            data_s = forward_backward_s = 0.0
-            for micro in range(config.grad_accumulation):
-                fetch = clock.mark()
-                xb, yb = next(batches)
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                computed = clock.mark()
-                last_micro = micro == config.grad_accumulation - 1
-                with ddp.no_sync() if not last_micro else nullcontext():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        logits = ddp(xb)
-                        loss = loss_fn(logits.float(), yb)
-                    (loss / config.grad_accumulation).backward()
-                backward_done = clock.mark()
-                data_s += clock.seconds(fetch, computed)
-                forward_backward_s += clock.seconds(computed, backward_done)
-                totals += torch.stack([loss.detach() * len(yb), (logits.argmax(1) == yb).sum().float(),
-                                       torch.tensor(float(len(yb)), device=device)])
-                progress.batches_done += 1
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.optimizer_steps += 1
-            step_end = clock.mark()
-            steps.add(epoch, data_s=data_s, forward_backward_s=forward_backward_s,
-                      optimizer_s=clock.seconds(backward_done, step_end), allreduce_s=allreduce_clock.take(),
-                      step_s=clock.seconds(step_start, step_end))
-            if tensorboard is not None:
-                tensorboard.add_scalar("train/loss", loss.item(), progress.optimizer_steps)
-                tensorboard.add_scalar("train/lr", scheduler.get_last_lr()[0], progress.optimizer_steps)
-            stop_signal = stop.agreed(device)
-            if stop_signal is not None:
+        totals = torch.zeros(3, device=self.device)  # loss sum, correct, samples
+        batches = iter(self.loader)
+        while progress.batches_done < self.steps_per_epoch * config.grad_accumulation:
+            self.train_step(batches, totals, epoch)
+            self.stop_signal = self.stop.agreed(self.backend, self.device)
+            if self.stop_signal is not None:
                 break
             if config.checkpoint_every_steps and progress.optimizer_steps % config.checkpoint_every_steps == 0:
-                save_checkpoint()
-        if stop_signal is not None:
-            save_checkpoint()
-            log(f"stopped by signal {stop_signal} at epoch {epoch}, batch {progress.batches_done}; "
-                f"checkpoint {checkpoint_path}")
-            break
-        dist.all_reduce(totals)
-        val = evaluate(model, val_set, labels, device, config.batch_size, config.loader_workers, channels_last,
-                       autocast)
-        record = {"epoch": epoch, "train_loss": (totals[0] / totals[2]).item(),
-                  "train_accuracy": (totals[1] / totals[2]).item(), "val_loss": val["loss"],
-                  "val_accuracy": val["accuracy"], "val_balanced_accuracy": val["balanced_accuracy"],
-                  "val_macro_f1": val["macro_f1"], "val_eer": val["eer"],
-                  "epoch_time_s": time.perf_counter() - epoch_start, "samples": int(totals[2].item()),
-                  "resumed_mid_epoch": sampler.skip > 0}
-        progress.history.append(record)
-        _track_early_stopping(progress, record, config)
-        log(f"epoch {epoch}/{config.epochs}: loss {record['train_loss']:.4f} val acc {val['accuracy']:.3f} "
-            f"({record['epoch_time_s']:.1f} s)" + (" - stopping early" if progress.stopped_early else ""))
-        if tensorboard is not None:
-            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
-                tensorboard.add_scalar(f"epoch/{key}", record[key], epoch)
+                self.save_checkpoint()
+        if self.stop_signal is not None:
+            self.save_checkpoint()
+            self.log(f"stopped by signal {self.stop_signal} at epoch {epoch}, batch {progress.batches_done}; "
+                     f"checkpoint {self.paths.checkpoint}")
+            return
+        self.end_epoch(epoch, totals, epoch_start)
+
+    def train_step(self, batches: Iterator, totals: torch.Tensor, epoch: int) -> None:
+        """One optimizer step: `grad_accumulation` micro-batches forward and backward, then the update, each phase
+        timed; adds the micro-batches' loss sum, correct predictions and samples to `totals`."""
+        clock, accumulation = self.clock, self.config.grad_accumulation
+        step_start = clock.mark()
+        data_s = forward_backward_s = 0.0
+        for micro in range(accumulation):
+            fetch = clock.mark()
+            xb, yb = self.next_batch(batches)
+            computed = clock.mark()
+            loss, logits = self.forward_backward_step(xb, yb, sync=micro == accumulation - 1)
+            backward_done = clock.mark()
+            data_s += clock.seconds(fetch, computed)
+            forward_backward_s += clock.seconds(computed, backward_done)
+            totals += torch.stack([loss.detach() * len(yb), (logits.argmax(1) == yb).sum().float(),
+                                   torch.tensor(float(len(yb)), device=self.device)])
+            self.progress.batches_done += 1
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.optimizer_steps += 1
+        step_end = clock.mark()
+        self.steps.add(epoch, data_s=data_s, forward_backward_s=forward_backward_s,
+                       optimizer_s=clock.seconds(backward_done, step_end),
+                       allreduce_s=self.backend.allreduce_clock.take(), step_s=clock.seconds(step_start, step_end))
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("train/loss", loss.item(), self.progress.optimizer_steps)
+            self.tensorboard.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.optimizer_steps)
+
+    def next_batch(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch on the device, in the model's memory format."""
+        xb, yb = next(batches)
+        xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, yb
+
+    def forward_backward_step(self, xb: torch.Tensor, yb: torch.Tensor,
+                              sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one micro-batch; gradients are all-reduced only when `sync` (the last micro-batch
+        of a step). Returns (loss, logits)."""
+        with nullcontext() if sync else self.backend.no_sync(self.ddp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.ddp(xb)
+                loss = self.loss_fn(logits.float(), yb)
+            (loss / self.config.grad_accumulation).backward()
+        return loss, logits
+
+    def end_epoch(self, epoch: int, totals: torch.Tensor, epoch_start: float) -> None:
+        """Validation, the epoch's record, early stopping, its log line and scalars, and the checkpoint."""
+        progress = self.progress
+        self.backend.all_reduce(totals)
+        record = self.epoch_record(epoch, totals, self.validate(), epoch_start)
+        progress.history.append(record.to_dict())  # checkpoints keep plain dicts
+        _track_early_stopping(progress, record.to_dict(), self.config)
+        self.log(f"epoch {epoch}/{self.config.epochs}: loss {record.train_loss:.4f} val acc "
+                 f"{record.val_accuracy:.3f} ({record.epoch_time_s:.1f} s)"
+                 + (" - stopping early" if progress.stopped_early else ""))
+        if self.tensorboard is not None:
+            for key in EPOCH_SCALARS:
+                self.tensorboard.add_scalar(f"epoch/{key}", getattr(record, key), epoch)
         progress.epoch, progress.batches_done = epoch + 1, 0
-        save_checkpoint()
-        stop_signal = stop.agreed(device)
-        if stop_signal is not None:
-            log(f"stopped by signal {stop_signal} after epoch {epoch}; checkpoint {checkpoint_path}")
-    details = {"lr_effective": lr, "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps,
-               "init": describe_init(config), "in_channels": in_channels, "n_bins": n_bins,
-               "channels_last": channels_last, "precision": "bf16" if autocast else "fp32",
-               "resumed_from": resumed_from,
-               "train_samples": len(train_set)}
-    return Outcome(model, progress, stop_signal, details)
+        self.save_checkpoint()
+        self.stop_signal = self.stop.agreed(self.backend, self.device)
+        if self.stop_signal is not None:
+            self.log(f"stopped by signal {self.stop_signal} after epoch {epoch}; checkpoint {self.paths.checkpoint}")
+
+    def epoch_record(self, epoch: int, totals: torch.Tensor, val: dict, epoch_start: float) -> EpochRecord:
+        """The epoch as all ranks agree on it; its time runs from the epoch's start to now (validation included)."""
+        return EpochRecord(epoch=epoch, train_loss=(totals[0] / totals[2]).item(),
+                           train_accuracy=(totals[1] / totals[2]).item(), val_loss=val["loss"],
+                           val_accuracy=val["accuracy"], val_balanced_accuracy=val["balanced_accuracy"],
+                           val_macro_f1=val["macro_f1"], val_eer=val["eer"],
+                           epoch_time_s=time.perf_counter() - epoch_start, samples=int(totals[2].item()),
+                           resumed_mid_epoch=self.sampler.skip > 0)
+
+    # Evaluation
+
+    def validate(self) -> dict:
+        """Metrics of the model on the validation split (the same on every rank)."""
+        return evaluate(self.model, self.val_set, self.labels, self.eval_settings)
+
+    def test(self) -> dict:
+        """Metrics of the model on the test split (the same on every rank)."""
+        test_set, _ = build_dataset(self.layout.root, self.config.input, self.config.feature, "test")
+        return evaluate(self.model, test_set, self.labels, self.eval_settings)
+
+    def facts(self) -> RunFacts:
+        return RunFacts(lr_effective=self.lr, steps_per_epoch=self.steps_per_epoch, warmup_steps=self.warmup_steps,
+                        init=describe_init(self.config), in_channels=self.in_channels, n_bins=self.n_bins,
+                        channels_last=self.channels_last, precision="bf16" if self.autocast else "fp32",
+                        resumed_from=self.resumed_from, train_samples=len(self.train_set))
 
 
 def _track_early_stopping(progress: Progress, record: dict, config: TrainConfig) -> None:
@@ -194,4 +277,3 @@ def _track_early_stopping(progress: Progress, record: dict, config: TrainConfig)
         progress.epochs_without_improvement += 1
     patience = config.early_stopping_patience
     progress.stopped_early = bool(patience) and progress.epochs_without_improvement >= patience
-

@@ -6,9 +6,10 @@ import pytest
 from pipeline.config import load_config
 from pipeline.preprocess.run import preprocess
 from pipeline.stages import data_stage
+from pipeline.sweep import TrainingRun, plan, split_repeat
 from pipeline.train.distributed import from_environment, master_port_for
 from pipeline.train.environment import available_cores
-from pipeline.train.launch import TrainingRun, launch_command, pick_device, plan, split_repeat, train_all
+from pipeline.train.launch import launch_command, pick_device, train_all
 from tests.conftest import tiny_experiment
 
 
@@ -17,7 +18,7 @@ def test_configurations_beyond_the_cores_are_skipped_with_a_reason(tmp_path, spe
     config = load_config(tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [too_many], "device": "cpu"}))
     data_stage(config)
     preprocess(config)
-    assert [r.name for r in plan(config)] == [f"ws{too_many}-cpu-bs8"]
+    assert [r.name for r in plan(config, pick_device)] == [f"ws{too_many}-cpu-bs8"]
     (folder,) = train_all(config, tmp_path / "unused.yaml")
     skipped = json.loads((Path(folder) / "skipped.json").read_text())
     assert skipped["world_size"] == too_many
@@ -33,7 +34,7 @@ def test_auto_device_is_cpu_without_gpus():
 def test_the_sweep_crosses_world_sizes_and_batch_sizes_and_names_parse_back(tmp_path, speech_dir):
     config = load_config(tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1, 2], "batch_sizes": [4, 16],
                                                                       "device": "cpu"}))
-    names = [r.name for r in plan(config)]
+    names = [r.name for r in plan(config, pick_device)]
     assert names == ["ws1-cpu-bs4", "ws1-cpu-bs16", "ws2-cpu-bs4", "ws2-cpu-bs16"]
     assert [TrainingRun.parse(name, config).name for name in names] == names
     for name, message in [("ws4-cpu-bs4", "world size 4 is not in train.world_sizes"),
@@ -55,7 +56,7 @@ def test_srun_step_variables_define_the_ranks():
 def test_repeats_add_a_numbered_run_per_configuration_and_parse_back(tmp_path):
     config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [1, 2], "repeats": 2,
                                                                      "device": "cpu"}))
-    runs = plan(config)
+    runs = plan(config, pick_device)
     assert [r.name for r in runs] == ["ws1-cpu-bs8-r1", "ws1-cpu-bs8-r2", "ws2-cpu-bs8-r1", "ws2-cpu-bs8-r2"]
     assert {r.configuration for r in runs} == {"ws1-cpu-bs8", "ws2-cpu-bs8"}
     assert [TrainingRun.parse(r.name, config) for r in runs] == runs
@@ -70,10 +71,19 @@ def test_repeats_add_a_numbered_run_per_configuration_and_parse_back(tmp_path):
 
 def test_one_repeat_keeps_the_names_without_suffix(tmp_path):
     config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [2], "device": "cpu"}))
-    (run,) = plan(config)
+    (run,) = plan(config, pick_device)
     assert (run.name, run.repeat) == ("ws2-cpu-bs8", 0)
     assert "--repeat" not in launch_command(run, tmp_path / "c.yaml", tmp_path / "out", "srun")
     with pytest.raises(ValueError, match="train.repeats is 1, so names have no -r<k> suffix; use ws2-cpu-bs8"):
         TrainingRun.parse("ws2-cpu-bs8-r1", config)
     assert split_repeat("ws2-cpu-bs8") == ("ws2-cpu-bs8", 0)
     assert split_repeat("ws2-cpu-bs8-r12") == ("ws2-cpu-bs8", 12)
+
+
+def test_restarts_reach_the_worker_as_an_argument(tmp_path):
+    config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [2], "device": "cpu"}))
+    (run,) = plan(config, pick_device)
+    first = launch_command(run, tmp_path / "c.yaml", tmp_path / "out", "torchrun")
+    assert "--restarts" not in first  # a first start is the command as it always was
+    again = launch_command(run, tmp_path / "c.yaml", tmp_path / "out", "srun", restarts=2)
+    assert again[again.index("--restarts") + 1] == "2"

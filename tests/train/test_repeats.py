@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from pipeline.records import TrainingMetrics
 from pipeline.report.aggregate import aggregate
 from pipeline.report.table import add_derived, collect
 from tests.train.conftest import experiment
@@ -25,7 +26,9 @@ def test_two_repeats_train_in_their_own_folders_with_their_own_seeds(tmp_path, f
     weights = {k: torch.load(configs / f"ws1-cpu-bs4-r{k}" / "model.pt", weights_only=False)["model"] for k in (1, 2)}
     assert any(not torch.equal(weights[1][key], weights[2][key]) for key in weights[1])  # another initialisation
     parameters = sum(t.numel() for key, t in weights[1].items() if not key.endswith(BATCHNORM_BUFFERS))
-    for metrics in found.values():
+    for k, metrics in found.items():
+        # metrics.json is exactly a TrainingMetrics record: no key missing, none unknown
+        assert TrainingMetrics.read(configs / f"ws1-cpu-bs4-r{k}" / "metrics.json").to_dict() == metrics
         assert metrics["precision"] == "fp32"
         assert metrics["parameters"] == parameters > 0
         assert metrics["gradient_bytes"] == 4 * metrics["parameters"]
