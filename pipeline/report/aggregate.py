@@ -23,7 +23,7 @@ import statistics
 
 from scipy import stats
 
-from pipeline.train.launch import split_repeat
+from pipeline.sweep import TrainingRun
 
 IDENTITY = ("repeat", "seed")
 """Per-repeat keys that say which run it was rather than what it measured: listed (`seeds`), never averaged."""
@@ -32,15 +32,30 @@ IDENTITY = ("repeat", "seed")
 def aggregate(rows: list[dict]) -> list[dict]:
     """One row per configuration from per-run rows (`table.collect`), in the order the configurations first appear.
 
-    A configuration's row has the name without the `-r<k>` suffix, `repeats` (n), `repeat_names` and `seeds`, the
-    mean, `_std` and `_ci95` of every numeric key (see the module docstring), the non-numeric values of its first
-    repeat, and `history` as the per-epoch mean over the repeats. A run without suffix is a configuration of one.
+    A configuration's row has the configuration's name (`configuration_of`), `repeats` (n), `repeat_names` (the runs'
+    folders, by repeat) and `seeds`, the mean, `_std` and `_ci95` of every numeric key (see the module docstring), the
+    non-numeric values of its first repeat, and `history` as the per-epoch mean over the repeats. A run of repeat 0
+    (train.repeats 1) is a configuration of one.
     """
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(split_repeat(row["name"])[0], []).append(row)
-    return [_configuration(name, sorted(group, key=lambda r: split_repeat(r["name"])[1]))
-            for name, group in groups.items()]
+        groups.setdefault(configuration_of(row), []).append(row)
+    return [_configuration(name, sorted(group, key=lambda r: r["repeat"])) for name, group in groups.items()]
+
+
+def configuration_of(row: dict) -> str:
+    """The configuration a run is a repeat of, from what it recorded (ranks, device, batch per rank: fields of both
+    metrics.json and skipped.json), not from its folder's name, which is only where it was written."""
+    return TrainingRun(row["world_size"], row["device"], row["batch_size_per_rank"]).configuration
+
+
+def one_per_configuration(skipped: list[dict]) -> list[dict]:
+    """The first skipped run of each configuration, named after the configuration: the report gives one note per
+    skipped configuration, not one per repeat (skipped.json records no repeat, so the folders' order decides)."""
+    firsts: dict[str, dict] = {}
+    for row in skipped:
+        firsts.setdefault(configuration_of(row), row)
+    return [{**row, "name": name} for name, row in firsts.items()]
 
 
 def interval(values: list[float]) -> tuple[float, float | None, float | None]:

@@ -267,8 +267,8 @@ def preprocess_scaling(data: FigureData) -> Figure | None:
                 label=f"ideal (linear from {base.workers} worker{'s' * (base.workers > 1)})")
     worked = sections.worked_runs(summary) if summary else []
     for k, run in enumerate(worked):
-        ticks.add(run["workers"])
-        ax.plot([run["workers"]], [sections.run_rate(run)], "D", color="C1", markersize=8,
+        ticks.add(run.workers)
+        ax.plot([run.workers], [sections.run_rate(run)], "D", color="C1", markersize=8,
                 label="this run folder's preprocessing (features/summary.json)" if k == 0 else None)
     if not curve and not worked:
         return None

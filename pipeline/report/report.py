@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pipeline.config import ReportConfig
 from pipeline.io import atomic_write_text
+from pipeline.layout import RunLayout
 from pipeline.report import plots, sections
-from pipeline.report.aggregate import aggregate
+from pipeline.report.aggregate import aggregate, one_per_configuration
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from pipeline.report.projection import report_config
 from pipeline.report.table import COLUMNS, add_derived, add_derived_repeats, cell, collect, write_scaling
@@ -48,16 +49,17 @@ def write_report(run_dir: Path) -> Path:
         raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first"
                                 + (f". Submitted configurations without results: {names}" if failed else ""))
     rows = aggregate(runs)
-    skipped = aggregate(skipped)  # one note per skipped configuration, not one per repeat
+    skipped = one_per_configuration(skipped)
     add_derived(rows)
     add_derived_repeats(runs, rows)
     write_scaling(run_dir, rows, runs)
     report = report_config(run_dir)
     plots.write_figures(plots.FigureData(rows, report, run_dir))
     blocks = build(run_dir, rows, skipped, failed, report, provenance_notes(runs))
-    atomic_write_text(run_dir / "report.md", to_markdown(blocks))
-    atomic_write_text(run_dir / "report.html", to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
-    return run_dir / "report.md"
+    layout = RunLayout(run_dir)
+    atomic_write_text(layout.report, to_markdown(blocks))
+    atomic_write_text(layout.report_html, to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
+    return layout.report
 
 
 def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict],
@@ -78,15 +80,24 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dic
     blocks += plots.figure_blocks(run_dir)
     blocks += sections.gpu_vs_cpu_section(rows, run_dir) + sections.batch_accuracy_section(rows, run_dir)
     blocks += sections.projection_section(rows, report)
-    blocks += [Heading("Test confusion matrices")]
-    firsts = [row.get("repeat_names", [row["name"]])[0] for row in rows]  # a repeated configuration's first repeat
-    blocks += [Figure(f"configs/{name}/confusion_test.png", f"{name}: rows are the true class")
-               for name in firsts if (run_dir / "configs" / name / "confusion_test.png").exists()]
+    blocks += [Heading("Test confusion matrices"), *_confusion_figures(run_dir, rows)]
     blocks += [Heading("How this was measured"), Bullets(METHOD)]
     blocks += [Heading("Read this before quoting the numbers"),
                Bullets((provenance or []) + honesty_notes(rows, skipped) + sections.gpu_sharing_notes(rows))]
     blocks += sections.preprocess_section(run_dir)
     return blocks
+
+
+def _confusion_figures(run_dir: Path, rows: list[dict]) -> list[Block]:
+    """The test confusion matrix of each configuration's first repeat (of the run itself when not repeated)."""
+    layout = RunLayout(run_dir)
+    figures: list[Block] = []
+    for row in rows:
+        name = row.get("repeat_names", [row["name"]])[0]
+        png = layout.training(name).confusion_test.with_suffix(".png")
+        if png.exists():
+            figures.append(Figure(png.relative_to(layout.root).as_posix(), f"{name}: rows are the true class"))
+    return figures
 
 
 PROVENANCE = {"hostname": "machine", "cpu_model": "CPU", "gpu_model": "GPU", "versions": "library versions",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ReportConfig
+from pipeline.layout import RunLayout
+from pipeline.records import PreprocessRun, PreprocessSummary
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.report.projection import Projection, project
 from pipeline.report.table import cell
@@ -161,9 +163,10 @@ class ScalingPoint:
     repeats: int = 1
 
 
-def preprocess_summary(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "features" / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def preprocess_summary(run_dir: Path) -> PreprocessSummary | None:
+    """features/summary.json of the run folder, None without one (training on features made elsewhere)."""
+    path = RunLayout(run_dir).features.summary
+    return PreprocessSummary.read(path) if path.is_file() else None
 
 
 def preprocess_curve(run_dir: Path) -> list[ScalingPoint] | None:
@@ -191,32 +194,37 @@ def preprocess_benchmark(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def worked_runs(summary: dict) -> list[dict]:
+def worked_runs(summary: PreprocessSummary) -> list[PreprocessRun]:
     """The preprocessing runs of a features folder that did tasks (a rerun that found every shard complete did
     none, and its time is no throughput)."""
-    return [r for r in summary.get("runs", []) if r["tasks"]]
+    return [r for r in summary.runs if r.tasks]
 
 
-def run_rate(run: dict) -> float:
+def run_rate(run: PreprocessRun) -> float:
     """Chunks/s of one preprocessing run of `worked_runs`."""
-    return run["chunks"] / max(run["seconds"], 1e-9)
+    return run.chunks / max(run.seconds, 1e-9)
 
 
-def work_done(summary: dict) -> str:
-    """Which runs did the work, how fast each was, and what is not accounted for."""
-    runs = summary.get("runs", [])
-    worked = worked_runs(summary)
-    parts = [f"run {k} of {len(runs)}: {r['tasks']} tasks, {r['chunks']} chunks in {r['seconds']:.1f} s "
-             f"({run_rate(r):.1f} chunks/s, {r['workers']} Dask workers)"
-             for k, r in enumerate(runs, start=1) if r["tasks"]]
+def work_done(summary: PreprocessSummary | dict) -> str:
+    """Which runs did the work, how fast each was, and what is not accounted for.
+
+    Also takes the summary as a dict (summary.json's content), read through the record, which refuses one it does
+    not know.
+    """
+    if isinstance(summary, dict):
+        summary = PreprocessSummary.from_dict(summary, "preprocessing summary")
+    runs, worked = summary.runs, worked_runs(summary)
+    parts = [f"run {k} of {len(runs)}: {r.tasks} tasks, {r.chunks} chunks in {r.seconds:.1f} s "
+             f"({run_rate(r):.1f} chunks/s, {r.workers} Dask workers)"
+             for k, r in enumerate(runs, start=1) if r.tasks]
     text = ("Preprocessing throughput, per run that did tasks: " + "; ".join(parts) + "."
             if worked else "No preprocessing run of this folder has a record of the tasks it did, so no throughput "
             "is given.")
     idle = len(runs) - len(worked)
     if idle:
         text += f" {idle} later run(s) found every shard complete and did no work (their time is not a throughput)."
-    if summary.get("tasks_without_record"):
-        text += (f" {summary['tasks_without_record']} tasks were done by runs that stopped before writing a summary; "
+    if summary.tasks_without_record:
+        text += (f" {summary.tasks_without_record} tasks were done by runs that stopped before writing a summary; "
                  "their time is not counted.")
     return text
 
@@ -224,39 +232,49 @@ def work_done(summary: dict) -> str:
 def preprocess_section(run_dir: Path) -> list[Block]:
     """What preprocessing did and how fast (features/summary.json), and how it scales with Dask workers: the
     benchmark's curve when the run folder holds one, else how to measure it."""
-    s = preprocess_summary(run_dir)
-    if s is None:
+    summary = preprocess_summary(run_dir)
+    if summary is None:
         return []
-    split = s.get("chunks_per_split", {})
-    text = (f"{s['files']} source files -> {s['chunks']} chunks (train/val/test {split.get('train', '?')}/"
-            f"{split.get('val', '?')}/{split.get('test', '?')}) in {s['tasks']} tasks; {s['rejected_files']} files "
-            f"rejected (listed in features/rejects.csv). {work_done(s)}")
-    nodes = s.get("tasks_per_node") or {}
-    if len(nodes) > 1:
-        text += " Tasks per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()) + "."
-    elif nodes:
-        text += f" All tasks ran on {next(iter(nodes))}."
-    blocks: list[Block] = [Heading("Preprocessing"), Paragraph(text)]
+    blocks: list[Block] = [Heading("Preprocessing"), Paragraph(_preprocess_text(summary))]
     benchmark = preprocess_benchmark(run_dir)
     curve = curve_points(benchmark) if benchmark else None
     if benchmark and curve:
-        params = benchmark.get("parameters", {})
-        blocks.append(Paragraph(
-            f"Scaling with Dask workers, measured by {SCALING_BENCHMARK} ({benchmark.get('measured_at', '?')}, "
-            f"{params.get('files', '?')} files, {params.get('chunks', '?')} chunks, its own preprocessing settings; "
-            "cluster start-up excluded). Efficiency = chunks/s / (workers ratio x chunks/s at the fewest workers)."))
-        base = curve[0]
-        blocks.append(Table(["workers", "chunks/s", "min-max", "repeats", "efficiency"], [
-            [str(p.workers), f"{p.chunks_per_second:.1f}",
-             f"{p.low:.1f}-{p.high:.1f}" if p.low is not None and p.high is not None else "",
-             str(p.repeats), f"{p.chunks_per_second / (base.chunks_per_second * p.workers / base.workers):.0%}"]
-            for p in curve]))
+        blocks += _scaling_blocks(benchmark, curve)
         caption = "Preprocessing throughput against Dask workers; dashed: linear scaling"
     else:
         caption = (f"Preprocessing throughput: the one measured point. For the curve over worker counts run "
                    f"`.venv/bin/python {SCALING_BENCHMARK} --workers 1 2 4 8 --out {run_dir}/preprocess_scaling.json` "
                    "and report again.")
     return blocks + _figure(run_dir, PREPROCESS_FIGURE, caption)
+
+
+def _preprocess_text(summary: PreprocessSummary) -> str:
+    """Files in, chunks out per split, rejects, the runs that did the work, and where the tasks ran."""
+    split = summary.chunks_per_split
+    text = (f"{summary.files} source files -> {summary.chunks} chunks (train/val/test {split.get('train', '?')}/"
+            f"{split.get('val', '?')}/{split.get('test', '?')}) in {summary.tasks} tasks; {summary.rejected_files} "
+            f"files rejected (listed in features/rejects.csv). {work_done(summary)}")
+    nodes = summary.tasks_per_node
+    if len(nodes) > 1:
+        text += " Tasks per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()) + "."
+    elif nodes:
+        text += f" All tasks ran on {next(iter(nodes))}."
+    return text
+
+
+def _scaling_blocks(benchmark: dict, curve: list[ScalingPoint]) -> list[Block]:
+    """The benchmark's Dask scaling curve as a table, with what it measured."""
+    params = benchmark.get("parameters", {})
+    base = curve[0]
+    return [Paragraph(
+        f"Scaling with Dask workers, measured by {SCALING_BENCHMARK} ({benchmark.get('measured_at', '?')}, "
+        f"{params.get('files', '?')} files, {params.get('chunks', '?')} chunks, its own preprocessing settings; "
+        "cluster start-up excluded). Efficiency = chunks/s / (workers ratio x chunks/s at the fewest workers)."),
+        Table(["workers", "chunks/s", "min-max", "repeats", "efficiency"], [
+            [str(p.workers), f"{p.chunks_per_second:.1f}",
+             f"{p.low:.1f}-{p.high:.1f}" if p.low is not None and p.high is not None else "",
+             str(p.repeats), f"{p.chunks_per_second / (base.chunks_per_second * p.workers / base.workers):.0%}"]
+            for p in curve])]
 
 
 def _ranks_per_node(row: dict) -> int:

@@ -3,13 +3,17 @@ with its 95% confidence interval when the configuration was repeated (see `pipel
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from pipeline.io import atomic_write_csv, atomic_write_json
-from pipeline.train.launch import split_repeat
-from pipeline.train.timing import PHASES
+from pipeline.layout import RunLayout
+from pipeline.records import Skipped, TrainingMetrics
+from pipeline.report.aggregate import configuration_of
+
+PHASES = ("mean_data_s", "mean_forward_backward_s", "mean_optimizer_s", "mean_allreduce_s", "mean_step_s")
+"""The TrainingMetrics fields of the step's phases, in the order of pipeline.train.timing.PHASES (not imported:
+it needs torch, which the report does without); each becomes a `_ms` column."""
 
 # (key, short header, meaning): the columns of scaling.csv / scaling.json and of the report's table.
 COLUMNS = [
@@ -57,13 +61,15 @@ COLUMNS = [
 
 
 def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(measured configurations sorted by device and world size, skipped configurations)."""
+    """(measured runs sorted by device, batch per rank and world size, skipped runs), one dict per training folder:
+    `name` (the folder) and the fields of its TrainingMetrics or Skipped record. A metrics.json that the record does
+    not accept is an error naming the file: a report never averages a half-understood file."""
     measured, skipped = [], []
-    for folder in sorted((Path(run_dir) / "configs").glob("*/")):
-        if (folder / "metrics.json").exists():
-            measured.append({"name": folder.name, **json.loads((folder / "metrics.json").read_text())})
-        elif (folder / "skipped.json").exists():
-            skipped.append({"name": folder.name, **json.loads((folder / "skipped.json").read_text())})
+    for paths in RunLayout(run_dir).trainings():
+        if paths.metrics.exists():
+            measured.append({"name": paths.name, **TrainingMetrics.read(paths.metrics).to_dict()})
+        elif paths.skipped.exists():
+            skipped.append({"name": paths.name, **Skipped.read(paths.skipped).to_dict()})
     measured.sort(key=lambda m: (m["device"], m["batch_size_per_rank"], m["world_size"]))
     return measured, skipped
 
@@ -96,7 +102,7 @@ def add_derived_repeats(repeats: list[dict], configurations: list[dict]) -> None
     by_name = {row["name"]: row for row in configurations}
     for row in repeats:
         row["repeats"] = 1
-        _derive(row, baseline_of(configurations, by_name[split_repeat(row["name"])[0]]))
+        _derive(row, baseline_of(configurations, by_name[configuration_of(row)]))
 
 
 def _derive(row: dict, base: dict) -> None:
@@ -108,7 +114,7 @@ def _derive(row: dict, base: dict) -> None:
     row["speedup_ci95"] = None if relative is None else row["speedup"] * relative
     row["efficiency_ci95"] = None if relative is None else row["speedup_ci95"] / ratio
     for phase in PHASES:
-        _scaled(row, f"mean_{phase}", phase.removesuffix("_s") + "_ms", 1000)
+        _scaled(row, phase, phase.removeprefix("mean_").removesuffix("_s") + "_ms", 1000)
     _scaled(row, "peak_memory_bytes", "peak_memory_mb", 1 / 2**20)
     _scaled(row, "train_wall_s", "device_hours", row["world_size"] / 3600)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.report.compare import write_comparison
-from tests.report.fixtures import metrics, record
+from tests.report.fixtures import metrics, record, skipped
 
 
 def two_runs(tmp_path: Path) -> tuple[Path, Path]:
@@ -23,7 +23,7 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     record(run_b, "ws1-cpu-bs32", metrics(1, 200.0, 0.16, **new))
     record(run_b, "ws2-cpu-bs32", metrics(2, 390.0, 0.40, **new, test_accuracy=0.91))
     record(run_b, "ws1-cpu-bs64", metrics(1, 210.0, 0.30, batch=64, **new))
-    record(run_b, "ws4-cpu-bs64", {"world_size": 4, "reason": "needs 4 cores, the machine gives 2"}, "skipped")
+    record(run_b, "ws4-cpu-bs64", skipped(4, "needs 4 cores, the machine gives 2", batch=64), "skipped")
     return run_a, run_b
 
 

@@ -8,10 +8,12 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 
 from pipeline.config import ReportConfig
+from pipeline.layout import RunLayout
+from pipeline.records import PreprocessRun, PreprocessSummary
 from pipeline.report import plots
 from pipeline.report.aggregate import aggregate
 from pipeline.report.table import add_derived
-from tests.report.fixtures import metrics
+from tests.report.fixtures import epoch, metrics
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 GRADIENT_BYTES = 4 * 1_000_000  # 1 M fp32 parameters
@@ -27,11 +29,11 @@ def runs(device: str = "cpu", batch: int = 32, sizes: tuple[int, ...] = (1, 2), 
             name = f"ws{n}-{device}-bs{batch}" + (f"-r{k}" if repeats > 1 else "")
             rate = speed * n**0.8 * (1 + 0.02 * (k - 2))
             step = 0.1 * (1 + 0.1 * (n - 1)) * (1 - 0.01 * (k - 2))
-            history = [{"epoch": 1, "train_loss": 1.0 + 0.05 * k, "val_accuracy": 0.5 + 0.01 * k},
-                       {"epoch": 2, "train_loss": 0.5 + 0.05 * k, "val_accuracy": 0.8 + 0.01 * k + batch / 1000}]
-            out.append({"name": name, **metrics(n, rate, step, step / 5, device=device, batch_size_per_rank=batch,
-                                                global_batch_size=batch * n, history=history,
-                                                final_val_accuracy=history[-1]["val_accuracy"], **extra)})
+            history = [epoch(1, 1.0 + 0.05 * k, 0.5 + 0.01 * k),
+                       epoch(2, 0.5 + 0.05 * k, 0.8 + 0.01 * k + batch / 1000)]
+            repeat = {"repeat": k, "seed": k - 1} if repeats > 1 else {}
+            out.append({"name": name, **metrics(n, rate, step, step / 5, device=device, batch=batch, history=history,
+                                                final_val_accuracy=history[-1]["val_accuracy"], **repeat, **extra)})
     return out
 
 
@@ -48,13 +50,15 @@ def data(tmp_path: Path, rows: list[dict], report: ReportConfig | None = None) -
 def write_summary(run_dir: Path, workers: int = 2, chunks_per_second: float = 183.15, idle_reruns: int = 1) -> None:
     """features/summary.json of a folder whose first run did all 42 tasks, followed by `idle_reruns` reruns that
     found every shard complete."""
-    (run_dir / "features").mkdir(parents=True, exist_ok=True)
-    worked = {"tasks": 42, "chunks": 3135, "seconds": 3135 / chunks_per_second, "workers": workers}
-    idle = {"tasks": 0, "chunks": 0, "seconds": 1.3, "workers": workers}
-    (run_dir / "features" / "summary.json").write_text(json.dumps({
-        "tasks": 42, "tasks_per_node": {"node-a": 20, "node-b": 22}, "files": 2646, "chunks": 3135,
-        "chunks_per_split": {"train": 2180, "val": 479, "test": 476}, "rejected_files": 53, "labels": ["a", "b"],
-        "runs": [worked] + [idle] * idle_reruns, "tasks_without_record": 0}))
+    features = RunLayout(run_dir).features
+    features.folder.mkdir(parents=True, exist_ok=True)
+    worked = PreprocessRun(tasks=42, chunks=3135, seconds=3135 / chunks_per_second, workers=workers,
+                           finished_at="2026-11-22T00:00:00+00:00")
+    idle = PreprocessRun(tasks=0, chunks=0, seconds=1.3, workers=workers, finished_at="2026-11-22T00:01:00+00:00")
+    PreprocessSummary(
+        tasks=42, tasks_per_node={"node-a": 20, "node-b": 22}, files=2646, chunks=3135,
+        chunks_per_split={"train": 2180, "val": 479, "test": 476}, silent_chunks_dropped=0, rejected_files=53,
+        labels=["a", "b"], runs=[worked] + [idle] * idle_reruns, tasks_without_record=0).write(features.summary)
 
 
 def write_scaling_benchmark(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[int, list[float]]:

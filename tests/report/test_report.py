@@ -7,14 +7,14 @@ import pytest
 
 from pipeline.report.report import honesty_notes, write_report
 from pipeline.report.table import add_derived
-from tests.report.fixtures import metrics, record
+from tests.report.fixtures import metrics, record, skipped
 
 
 def test_speedup_efficiency_and_honesty_notes(tmp_path):
     record(tmp_path, "ws1-cpu-bs32", metrics(1, 100.0, 0.32, 0.01))
     record(tmp_path, "ws2-cpu-bs32", metrics(2, 150.0, 0.42, 0.12))
     record(tmp_path, "ws4-cpu-bs32", metrics(4, 160.0, 0.80, 0.3))
-    record(tmp_path, "ws8-cpu-bs32", {"world_size": 8, "reason": "needs 8 cores, the machine gives 2"}, "skipped")
+    record(tmp_path, "ws8-cpu-bs32", skipped(8, "needs 8 cores, the machine gives 2"), "skipped")
     report = write_report(tmp_path).read_text()
     with open(tmp_path / "scaling.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
@@ -57,7 +57,7 @@ def test_repeats_are_reported_as_mean_plus_minus_interval_and_listed_one_by_one(
         record(tmp_path, f"ws1-cpu-bs32-r{k}", metrics(1, one, 0.32, 0.01, seed=k - 1, repeat=k))
         record(tmp_path, f"ws2-cpu-bs32-r{k}", metrics(2, two, 0.42, 0.12, seed=k - 1, repeat=k))
     for k in (1, 2, 3):
-        record(tmp_path, f"ws8-cpu-bs32-r{k}", {"world_size": 8, "reason": "needs 8 cores"}, "skipped")
+        record(tmp_path, f"ws8-cpu-bs32-r{k}", skipped(8, "needs 8 cores"), "skipped")
     report = write_report(tmp_path).read_text()
     assert "Each figure is the mean of 3 training runs per configuration" in report
     assert "± is the half-width of the 95% confidence interval" in report
