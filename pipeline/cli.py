@@ -1,13 +1,14 @@
-"""`pipeline`: one subcommand per stage, and `run` for all of them."""
+"""`pipeline`: one subcommand per stage, and `run` for all of them; a thin shell over `pipeline.api.Experiment`."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, ExperimentConfig, load_config, load_experiment, save_config
+from pipeline.api import Experiment, report
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.layout import TrainingPaths
 from pipeline.train.interrupt import TrainingInterrupted
 
 EXIT_INTERRUPTED = 75
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Distributed audio classifier pipeline: "
                                      "Dask preprocessing, PyTorch DDP training, scaling reports.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_data, _add_stages, _add_submit, _add_jobs, _add_config, _add_inference, _add_report):
+        add(commands)
+    return parser
 
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="build datasets and manifests")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     demo = data_commands.add_parser("demo", help="collect the Fish Fillets voice recordings into a "
@@ -59,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     manifest = data_commands.add_parser("manifest", help="write RUN_DIR/manifest.csv with the split by "
                                         "source file or speaker")
     _add_config_arguments(manifest)
-    manifest.set_defaults(handler=_stage("data_stage"))
+    manifest.set_defaults(handler=_stage("data"))
 
+
+def _add_stages(commands) -> None:
     for name, text in [("preprocess", "chunk, compute MFCC/log-mel features and images with Dask"),
                        ("train", "train every configuration of the sweep with torchrun (DDP)"),
                        ("run", "all stages of one experiment: data, preprocess, train, report")]:
@@ -73,25 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--launcher", choices=["torchrun", "srun"], default="torchrun",
                              help="torchrun on this machine (default), or srun inside a SLURM allocation: one "
                              "task per rank across its nodes")
-        sub.set_defaults(handler=_stage(f"{name}_stage" if name != "run" else "run_all"))
+        sub.set_defaults(handler=_stage(name))
 
+
+def _add_submit(commands) -> None:
     submit = commands.add_parser("submit", help="submit the experiment to SLURM as dependent jobs: preprocess, "
                                  "one training job per configuration, report (runs them here without SLURM)")
     _add_config_arguments(submit)
     submit.add_argument("--dry-run", action="store_true", help="write and print every script, submit nothing")
     submit.add_argument("--local", action="store_true", help="run the scripts here even where sbatch exists")
     submit.set_defaults(handler=_submit)
+
+
+def _add_jobs(commands) -> None:
     status = commands.add_parser("status", help="state of each submitted job and where its log is")
     status.add_argument("run_dir", type=Path, help="run folder of a submitted experiment")
     status.set_defaults(handler=_status)
     cancel = commands.add_parser("cancel", help="scancel every unfinished job of a submitted experiment")
     cancel.add_argument("run_dir", type=Path, help="run folder of a submitted experiment")
     cancel.set_defaults(handler=_cancel)
+
+
+def _add_config(commands) -> None:
     show = commands.add_parser("config", help="print the validated config (overrides applied), or one key")
     _add_config_arguments(show)
     show.add_argument("--get", metavar="KEY", help="print just this dotted key, e.g. run_dir")
     show.set_defaults(handler=_show_config)
 
+
+def _add_inference(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="score trained configurations on the test split")
     _add_config_arguments(evaluate)
     evaluate.add_argument("--configuration", help="one configuration, e.g. ws2-cpu-bs32 (default: all trained)")
@@ -103,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, help="also write the predictions to this CSV")
     predict.set_defaults(handler=_predict)
 
+
+def _add_report(commands) -> None:
     text = ("write the scaling report of a run folder (report.md, report.html, scaling.csv/json, figures), or with "
             "two run folders their comparison (compare.md, compare.html, compare.csv, compare.png/svg)")
     report = commands.add_parser("report", help=text, description=text)
@@ -112,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, metavar="DIR", help="folder of the comparison (only with RUN_B; default: "
                         "RUN_B/compare-<name of RUN_A>)")
     report.set_defaults(handler=_report)
-    return parser
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,20 +141,15 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config key, e.g. --set train.batch_size=64 (repeatable)")
 
 
-def _stages():
-    from pipeline import stages
-
-    return stages
+def _experiment(args: argparse.Namespace) -> Experiment:
+    return Experiment.load(args.config, args.overrides)
 
 
-def _stage(function: str):
+def _stage(method: str):
+    """The handler of a stage command: the Experiment's method of that name, with the command's options."""
     def handler(args: argparse.Namespace) -> None:
-        config: ExperimentConfig = load_experiment(args.config, args.overrides)
-        stages = _stages()
-        if function != "run_all":
-            save_config(config, stages.resolved_config_path(config))
         kwargs = {key: getattr(args, key) for key in ("force", "configuration", "launcher") if hasattr(args, key)}
-        getattr(stages, function)(config, **kwargs)
+        getattr(_experiment(args), method)(**kwargs)
 
     return handler
 
@@ -143,13 +157,11 @@ def _stage(function: str):
 def _report(args: argparse.Namespace) -> None:
     if args.out is not None and args.other_run is None:
         raise ValueError("--out needs a second run folder: a single run's report is written into the run folder")
-    _stages().report_stage(args.run_dir, args.other_run, args.out)
+    report(args.run_dir, args.other_run, args.out)
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from pipeline.slurm.submit import submit
-
-    records = submit(load_experiment(args.config, args.overrides), dry_run=args.dry_run, local=args.local)
+    records = _experiment(args).submit(dry_run=args.dry_run, local=args.local)
     failed = [r for r in records if r.state not in (None, "COMPLETED")]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(records)} local jobs did not complete: "
@@ -178,7 +190,7 @@ def _show_config(args: argparse.Namespace) -> None:
 
     from pipeline.config import to_dict
 
-    value = to_dict(load_experiment(args.config, args.overrides))
+    value = to_dict(_experiment(args).config)
     for part in args.get.split(".") if args.get else []:
         if not isinstance(value, dict) or part not in value:
             raise ConfigError(f"{args.config}: no key {args.get!r}")
@@ -191,11 +203,7 @@ def _show_config(args: argparse.Namespace) -> None:
 
 def _trained_run(args: argparse.Namespace) -> ExperimentConfig:
     """The config the run was trained with (RUN_DIR/config.yaml), found through the experiment's run_dir."""
-    config = load_experiment(args.config, args.overrides)
-    resolved = _stages().resolved_config_path(config)
-    if not resolved.is_file():
-        return config
-    return dataclasses.replace(load_config(resolved), run_dir=config.run_dir)  # the folder may have moved
+    return _experiment(args).trained().config  # the folder may have moved
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -211,7 +219,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         eer = f", EER {result['eer']:.3f}" if result["eer"] is not None else ""
         print(f"evaluate: {folder.name}: test accuracy {result['accuracy']:.3f}, balanced "
               f"{result['balanced_accuracy']:.3f}, macro F1 {result['macro_f1']:.3f}{eer} over {result['n']} chunks "
-              f"-> {folder / 'evaluation_test.json'}")
+              f"-> {TrainingPaths(folder).evaluation_test}")
 
 
 def _predict(args: argparse.Namespace) -> None:

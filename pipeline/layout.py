@@ -85,6 +85,7 @@ class SlurmPaths(_Folder):
     scripts = _Entry("scripts")
     logs = _Entry("logs")
     jobs = _Entry("jobs.json")
+    submitit = _Entry("submitit", "What submitit writes per job (`Experiment.submit(executor=\"submitit\")`).")
 
     def script(self, name: str) -> Path:
         return self.scripts / f"{name}.sbatch"

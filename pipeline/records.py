@@ -88,7 +88,7 @@ class EpochRecord(Record):
     val_eer: float | None
     """Equal error rate on the validation split (two classes only)."""
     epoch_time_s: float
-    """Wall time of the epoch's training steps, validation excluded."""
+    """Wall time of the epoch: its training steps and its validation (what samples/s divides by)."""
     samples: int
     """Training samples of all ranks in the epoch."""
     resumed_mid_epoch: bool

@@ -1,19 +1,22 @@
-"""The stages of one experiment, each a plain function of the validated config; the CLI is a thin layer on these."""
+"""The stages of one experiment, each a plain function of the validated config: the one place each stage is.
+
+`pipeline.api.Experiment` calls these (and the CLI calls the Experiment); tests and benchmarks call them directly.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import ExperimentConfig, save_config
 from pipeline.data.demo import build_demo
 from pipeline.data.manifest import manifest_and_summary, write_manifest
 from pipeline.data.spoof import build_spoof, is_built
+from pipeline.layout import RunLayout
 
-
-def resolved_config_path(config: ExperimentConfig) -> Path:
-    """The run folder keeps the config it was made with (overrides applied); training ranks read this copy."""
-    return Path(config.run_dir) / "config.yaml"
+if TYPE_CHECKING:
+    from pipeline.records import PreprocessSummary
 
 
 def data_stage(config: ExperimentConfig) -> Path:
@@ -26,7 +29,7 @@ def data_stage(config: ExperimentConfig) -> Path:
         print(f"data: building the spoof dataset (natural vs synthetic speech) in {root}", flush=True)
         build_spoof(root, config.data.sample_rate, workers=config.preprocess.workers)
     rows, found = manifest_and_summary(config.data)
-    manifest = Path(config.run_dir) / "manifest.csv"
+    manifest = RunLayout(config.run_dir).manifest
     write_manifest(rows, manifest)
     per_split = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
     speakers = {s: len({r.speaker for r in rows if r.split == s}) for s in ("train", "val", "test")}
@@ -37,17 +40,17 @@ def data_stage(config: ExperimentConfig) -> Path:
     return manifest
 
 
-def preprocess_stage(config: ExperimentConfig) -> dict:
+def preprocess_stage(config: ExperimentConfig) -> PreprocessSummary:
     from pipeline.preprocess.cluster import dask_executor
     from pipeline.preprocess.run import preprocess
 
-    with dask_executor(config.preprocess, log_dir=Path(config.run_dir) / "slurm" / "logs") as executor:
+    layout = RunLayout(config.run_dir)
+    with dask_executor(config.preprocess, log_dir=layout.slurm.logs) as executor:
         summary = preprocess(config, executor)
-    this_run = summary["runs"][-1]
-    print(f"preprocess: {summary['chunks']} chunks from {summary['files']} files; this run did {this_run['tasks']} "
-          f"of {summary['tasks']} tasks ({this_run['chunks']} chunks) in {this_run['seconds']:.1f} s, "
-          f"{summary['rejected_files']} files rejected (reasons in "
-          f"{Path(config.run_dir) / 'features' / 'rejects.csv'})", flush=True)
+    this_run = summary.runs[-1]
+    print(f"preprocess: {summary.chunks} chunks from {summary.files} files; this run did {this_run.tasks} "
+          f"of {summary.tasks} tasks ({this_run.chunks} chunks) in {this_run.seconds:.1f} s, "
+          f"{summary.rejected_files} files rejected (reasons in {layout.features.rejects})", flush=True)
     return summary
 
 
@@ -55,7 +58,7 @@ def train_stage(config: ExperimentConfig, force: bool = False, configuration: st
                 launcher: str = "torchrun") -> list[Path]:
     from pipeline.train.launch import train_all
 
-    return train_all(config, resolved_config_path(config), force=force, only=configuration, launcher=launcher)
+    return train_all(config, RunLayout(config.run_dir).config, force=force, only=configuration, launcher=launcher)
 
 
 def report_stage(run_dir: Path, other: Path | None = None, out: Path | None = None) -> Path:
@@ -74,10 +77,10 @@ def report_stage(run_dir: Path, other: Path | None = None, out: Path | None = No
 
 def run_all(config: ExperimentConfig, force: bool = False) -> Path:
     started = time.perf_counter()
-    save_config(config, resolved_config_path(config))
+    save_config(config, RunLayout(config.run_dir).config)
     data_stage(config)
     preprocess_stage(config)
     train_stage(config, force=force)
-    path = report_stage(Path(config.run_dir))
+    path = report_stage(RunLayout(config.run_dir).root)
     print(f"run: done in {time.perf_counter() - started:.0f} s", flush=True)
     return path

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.io import atomic_write_json
+from pipeline.layout import RunLayout
 
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
             "PREEMPTED"}
@@ -25,11 +26,11 @@ class JobRecord:
     configuration: str | None
     """The training configuration of a train job."""
     job_id: str
-    """SLURM job id, or `local` when the stages ran without SLURM."""
+    """SLURM job id, or `local` when the stages ran without SLURM (a process id with submitit's local executor)."""
     script: str
-    """The sbatch script that was submitted."""
+    """The sbatch script that was submitted (submitit's own, for jobs of `Experiment.submit_with_submitit`)."""
     log: str
-    """Its output file."""
+    """Its output file (`%j` stands for the job id)."""
     state: str | None = None
     """Final state of a local run (SLURM jobs are looked up instead)."""
     exit_code: int | None = None
@@ -37,7 +38,7 @@ class JobRecord:
 
 
 def jobs_file(run_dir: Path) -> Path:
-    return Path(run_dir) / "slurm" / "jobs.json"
+    return RunLayout(run_dir).slurm.jobs
 
 
 def save(run_dir: Path, executor: str, records: list[JobRecord]) -> None:
@@ -94,8 +95,8 @@ def unfinished_configurations(run_dir: Path) -> list[dict]:
         _, records = load(run_dir)
     except FileNotFoundError:
         return []
-    train = [r for r in records if r.stage == "train"
-             and not (Path(run_dir) / "configs" / str(r.configuration) / "metrics.json").exists()]
+    layout = RunLayout(run_dir)
+    train = [r for r in records if r.stage == "train" and not layout.training(str(r.configuration)).metrics.exists()]
     return [{"name": r.configuration, "reason": f"job {r.job_id} ended {state} without metrics ({detail}); "
              f"log {r.log.replace('%j', r.job_id)}"} for r, (state, detail) in zip(train, states(train), strict=True)]
 

@@ -15,11 +15,58 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig
-from pipeline.train.launch import TrainingRun, plan
+from pipeline.layout import RunLayout
+from pipeline.sweep import TrainingRun, plan
 
 TEMPLATES = Path(__file__).parent / "scripts"
 SETTINGS_MARK = "# pipeline: settings"
 BODY_MARK = "# pipeline: body"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks SLURM for; the sbatch scripts and the submitit executors are both made from this."""
+
+    nodes: int
+    ntasks_per_node: int
+    cpus_per_task: int
+    time: str
+    """Time limit, [D-]HH:MM:SS."""
+    gpus_per_node: int = 0
+    """`--gres=gpu:K`; 0: none."""
+    signal_seconds: int | None = None
+    """`--signal=USR1@N`: the warning before the time limit that makes training checkpoint and requeue."""
+    requeue: bool = False
+    append: bool = False
+    """`--open-mode=append`: a requeued job's output goes on after the earlier runs'."""
+
+    def options(self) -> list[str]:
+        """The job's own #SBATCH options, in the order of the scripts."""
+        options = [f"--nodes={self.nodes}", f"--ntasks-per-node={self.ntasks_per_node}",
+                   f"--cpus-per-task={self.cpus_per_task}"]
+        options += [f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else []
+        options.append(f"--time={self.time}")
+        options += [f"--signal=USR1@{self.signal_seconds}"] if self.signal_seconds is not None else []
+        options += ["--requeue"] if self.requeue else []
+        return options + (["--open-mode=append"] if self.append else [])
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a submitted experiment, before it is a script or a submitit submission."""
+
+    stage: str
+    """`preprocess`, `train` or `report`."""
+    configuration: str | None
+    """The training run a train job runs (a name of the sweep)."""
+    resources: Resources
+    template: str
+    """The script template in scripts/ (without .sbatch)."""
+
+    @property
+    def name(self) -> str:
+        """File stem of the script and its log, e.g. `train-ws2-cuda-bs32`."""
+        return f"{self.stage}-{self.configuration}" if self.configuration else self.stage
 
 
 @dataclass(frozen=True)
@@ -44,21 +91,22 @@ def slurm_device(requested: str, slurm_gpus_per_node: int) -> str:
     return "cuda" if slurm_gpus_per_node > 0 else "cpu"
 
 
-def experiment_scripts(config: ExperimentConfig, config_path: Path, python: str) -> list[JobScript]:
+def experiment_jobs(config: ExperimentConfig) -> list[Job]:
     """The preprocess job, one train job per run of the sweep (each repeat of a configuration is its own job, named
     `train-<configuration>-r<k>`, so repeats queue and fail independently), and the report job."""
-    check_run_dir(config.run_dir)
-    logs = Path(config.run_dir) / "slurm" / "logs"
-    settings = {"CONFIG": str(config_path), "PYTHON": python}
     slurm = config.slurm
-    jobs = [preprocess_job(config, settings, logs)]
     runs = plan(config, device_for=lambda requested, n: slurm_device(requested, slurm.gpus_per_node))
-    for run in runs:
-        jobs.append(_job(config, "train", run.name, {**settings, "CONFIGURATION": run.name}, logs,
-                         train_resources(config, run)))
-    jobs.append(_job(config, "report", None, settings, logs, ["--nodes=1", "--ntasks-per-node=1",
-                                                              "--cpus-per-task=1", f"--time={slurm.time_report}"]))
-    return jobs
+    report = Resources(nodes=1, ntasks_per_node=1, cpus_per_task=1, time=slurm.time_report)
+    return [preprocess_job(config), *(Job("train", run.name, train_resources(config, run), "train") for run in runs),
+            Job("report", None, report, "report")]
+
+
+def experiment_scripts(config: ExperimentConfig, config_path: Path, python: str) -> list[JobScript]:
+    """The sbatch script of each job of `experiment_jobs`."""
+    check_run_dir(config.run_dir)
+    settings = {"CONFIG": str(config_path), "PYTHON": python}
+    return [_script(config, job, {**settings, "CONFIGURATION": job.configuration} if job.configuration else settings)
+            for job in experiment_jobs(config)]
 
 
 PREPROCESS_TEMPLATES = {"local": "preprocess", "mpi": "preprocess-mpi", "slurm": "preprocess-jobqueue"}
@@ -67,21 +115,19 @@ per CPU of the allocation's nodes, `mpi` one dask-mpi launch over its tasks, `sl
 SLURMCluster submits the worker jobs."""
 
 
-def preprocess_job(config: ExperimentConfig, settings: dict[str, str], logs: Path) -> JobScript:
+def preprocess_job(config: ExperimentConfig) -> Job:
     slurm, cluster = config.slurm, config.preprocess.cluster
     if cluster == "slurm":
-        resources = ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"]
+        shape = (1, 1, 1)
     elif cluster == "mpi":  # every task is one MPI rank: the scheduler, the client and one worker each
-        resources = [f"--nodes={slurm.preprocess_nodes}", f"--ntasks-per-node={slurm.preprocess_cpus_per_node}",
-                     "--cpus-per-task=1"]
+        shape = (slurm.preprocess_nodes, slurm.preprocess_cpus_per_node, 1)
     else:
-        resources = [f"--nodes={slurm.preprocess_nodes}", "--ntasks-per-node=1",
-                     f"--cpus-per-task={slurm.preprocess_cpus_per_node}"]
-    return _job(config, "preprocess", None, settings, logs, [*resources, f"--time={slurm.time_preprocess}"],
-                template=PREPROCESS_TEMPLATES[cluster])
+        shape = (slurm.preprocess_nodes, 1, slurm.preprocess_cpus_per_node)
+    resources = Resources(*shape, time=slurm.time_preprocess)
+    return Job("preprocess", None, resources, PREPROCESS_TEMPLATES[cluster])
 
 
-def train_resources(config: ExperimentConfig, run: TrainingRun) -> list[str]:
+def train_resources(config: ExperimentConfig, run: TrainingRun) -> Resources:
     """Nodes, tasks and GPUs of one configuration: as few nodes as hold its ranks, the ranks spread evenly."""
     slurm = config.slurm
     per_node = slurm.gpus_per_node or slurm.cpu_ranks_per_node
@@ -89,30 +135,33 @@ def train_resources(config: ExperimentConfig, run: TrainingRun) -> list[str]:
     if run.world_size % nodes:
         raise ValueError(f"train.world_sizes: {run.world_size} ranks do not split evenly over {nodes} nodes of "
                          f"{per_node} (slurm.gpus_per_node / slurm.cpu_ranks_per_node)")
-    options = [f"--nodes={nodes}", f"--ntasks-per-node={run.world_size // nodes}",
-               f"--cpus-per-task={config.train.threads_per_rank}"]
-    if slurm.gpus_per_node:
-        options.append(f"--gres=gpu:{run.world_size // nodes}")
-    options += [f"--time={slurm.time_train}", f"--signal=USR1@{slurm.signal_seconds}"]
-    if config.train.requeue:
-        options.append("--requeue")
-    return options + ["--open-mode=append"]
+    tasks = run.world_size // nodes
+    return Resources(nodes, tasks, config.train.threads_per_rank, slurm.time_train,
+                     gpus_per_node=tasks if slurm.gpus_per_node else 0, signal_seconds=slurm.signal_seconds,
+                     requeue=config.train.requeue, append=True)
 
 
-def _job(config: ExperimentConfig, stage: str, configuration: str | None, settings: dict[str, str], logs: Path,
-         resources: list[str], template: str | None = None) -> JobScript:
-    name = f"{stage}-{configuration}" if configuration else stage
-    log = str(logs / f"{name}-%j.out")
+def job_name(config: ExperimentConfig, job: Job) -> str:
+    """`--job-name`: the experiment's name and the job's, in characters every SLURM tool prints as they are."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{config.name}-{job.name}")[:100]
+
+
+def shared_options(config: ExperimentConfig) -> list[str]:
+    """The #SBATCH options every job of the experiment has: partition, account, memory, slurm.extra_options."""
     slurm = config.slurm
-    directives = [f"--job-name={_job_name(config.name, name)}", *resources, f"--output={_path_value(log)}"]
-    directives += [f"--partition={slurm.partition}"] if slurm.partition else []
-    directives += [f"--account={slurm.account}"] if slurm.account else []
-    directives += [f"--mem={slurm.memory}"] if slurm.memory else []
-    directives += slurm.extra_options
-    template = template or stage
-    origin = f"# Written by `pipeline submit` for experiment {config.name!r} from slurm/{template}.sbatch."
-    text = render((TEMPLATES / f"{template}.sbatch").read_text(), directives, settings, origin)
-    return JobScript(stage, name, configuration, text, log)
+    options = [f"--partition={slurm.partition}"] if slurm.partition else []
+    options += [f"--account={slurm.account}"] if slurm.account else []
+    options += [f"--mem={slurm.memory}"] if slurm.memory else []
+    return options + slurm.extra_options
+
+
+def _script(config: ExperimentConfig, job: Job, settings: dict[str, str]) -> JobScript:
+    log = str(RunLayout(config.run_dir).slurm.log(job.name))
+    directives = [f"--job-name={job_name(config, job)}", *job.resources.options(), f"--output={_path_value(log)}",
+                  *shared_options(config)]
+    origin = f"# Written by `pipeline submit` for experiment {config.name!r} from slurm/{job.template}.sbatch."
+    text = render((TEMPLATES / f"{job.template}.sbatch").read_text(), directives, settings, origin)
+    return JobScript(job.stage, job.name, job.configuration, text, log)
 
 
 def render(template: str, directives: list[str], settings: dict[str, str], origin: str) -> str:
@@ -125,10 +174,6 @@ def render(template: str, directives: list[str], settings: dict[str, str], origi
     out = head[:1] + [origin] + head[1:first] + [f"#SBATCH {d}" for d in directives] + head[first:]
     out += [SETTINGS_MARK] + [f"{key}={shlex.quote(value)}" for key, value in settings.items()]
     return "\n".join(out + lines[body:]) + "\n"
-
-
-def _job_name(experiment: str, stage: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{experiment}-{stage}")[:100]
 
 
 def _path_value(path: str) -> str:

@@ -4,6 +4,12 @@
 
 With plain sbatch rather than submitit: the scripts are the same a person submits by hand, which is what users
 read, diff and keep next to their results. Without SLURM the same scripts run here, one after the other.
+
+The Python API has a second way in, `Experiment.submit_with_submitit` (`pipeline.slurm.submitit_jobs`): the same
+jobs, resources and dependencies, each a pickled callable that runs the stage, for a notebook or a script that wants
+job handles (`.result()`, `.cancel()`, `.stdout()`) rather than files, or submitit's local and debug executors on a
+laptop. Both record their jobs in RUN_DIR/slurm/jobs.json, so `pipeline status` and the report read either; the
+sbatch path stays the default of `pipeline submit` because its scripts can be read and submitted without Python.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 
 from pipeline.config import ExperimentConfig, save_config
 from pipeline.io import atomic_write_text
+from pipeline.layout import RunLayout
 from pipeline.slurm import jobs
 from pipeline.slurm.jobs import JobRecord
 from pipeline.slurm.scripts import JobScript, experiment_scripts
@@ -23,16 +30,15 @@ from pipeline.slurm.scripts import JobScript, experiment_scripts
 
 def write_scripts(config: ExperimentConfig) -> list[tuple[JobScript, Path]]:
     """Save the resolved config and every job script under RUN_DIR/slurm/."""
-    run_dir = Path(config.run_dir)
-    config_path = run_dir / "config.yaml"
-    save_config(config, config_path)
+    layout = RunLayout(config.run_dir)
+    save_config(config, layout.config)
     python = config.slurm.python or sys.executable
     written = []
-    for script in experiment_scripts(config, config_path, python):
-        path = run_dir / "slurm" / "scripts" / f"{script.name}.sbatch"
+    for script in experiment_scripts(config, layout.config, python):
+        path = layout.slurm.script(script.name)
         atomic_write_text(path, script.text)
         written.append((script, path))
-    (run_dir / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
+    layout.slurm.logs.mkdir(parents=True, exist_ok=True)
     return written
 
 

@@ -14,7 +14,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.slurm import jobs
 from pipeline.slurm.jobs import JobRecord
 from pipeline.slurm.scripts import experiment_scripts
-from pipeline.train.launch import TrainingRun
+from pipeline.sweep import TrainingRun
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
