@@ -105,6 +105,8 @@ class RunLayout(_Folder):
     configs = _Entry("configs")
     report = _Entry("report.md")
     report_html = _Entry("report.html")
+    preprocess_scaling = _Entry("preprocess_scaling.json", "Dask workers -> chunks/s, written by "
+                                "benchmarks/preprocess_scaling.py --out and drawn by the report.")
 
     def __init__(self, root: str | Path) -> None:
         object.__setattr__(self, "folder", Path(root))

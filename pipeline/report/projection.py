@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, ReportConfig, build, load_config
+from pipeline.layout import RunLayout
 from pipeline.report.table import scaling_groups
 
 
@@ -39,7 +40,7 @@ def report_config(run_dir: Path) -> ReportConfig:
     A config.yaml written by an older version may no longer load as a whole (a key renamed since); the report then
     reads its `report` section alone rather than refusing to report on measurements that are still valid.
     """
-    path = Path(run_dir) / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.is_file():
         return ReportConfig()
     try:

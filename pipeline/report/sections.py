@@ -190,7 +190,7 @@ def curve_points(result: dict) -> list[ScalingPoint]:
 
 
 def preprocess_benchmark(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "preprocess_scaling.json"
+    path = RunLayout(run_dir).preprocess_scaling
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -243,8 +243,8 @@ def preprocess_section(run_dir: Path) -> list[Block]:
         caption = "Preprocessing throughput against Dask workers; dashed: linear scaling"
     else:
         caption = (f"Preprocessing throughput: the one measured point. For the curve over worker counts run "
-                   f"`.venv/bin/python {SCALING_BENCHMARK} --workers 1 2 4 8 --out {run_dir}/preprocess_scaling.json` "
-                   "and report again.")
+                   f"`.venv/bin/python {SCALING_BENCHMARK} --workers 1 2 4 8 "
+                   f"--out {RunLayout(run_dir).preprocess_scaling}` and report again.")
     return blocks + _figure(run_dir, PREPROCESS_FIGURE, caption)
 
 

@@ -7,9 +7,11 @@ callable that loads the run's config.yaml in the job and calls the stage:
 
 - `PreprocessJob` runs the generated preprocess script (RUN_DIR/slurm/scripts/preprocess.sbatch) with bash, which
   starts the Dask cluster across the allocation exactly as the sbatch job does;
-- `TrainJob` is `Experiment.train(configuration=..., launcher="srun")`: it runs once on the first node
-  (`use_srun=False`) and starts one srun task per rank, like train.sbatch;
-- `ReportJob` is `Experiment.report()`.
+- `TrainJob` is `pipeline train --configuration NAME --launcher srun` (`stages.train_stage`): it runs once on the
+  first node (`use_srun=False`) and starts one srun task per rank, like train.sbatch;
+- `ReportJob` is `pipeline report RUN_DIR` (`stages.report_stage`).
+
+They call `pipeline.stages`, not `pipeline.api`, which imports this module: the API sits above the executors.
 
 Requeue is what `pipeline submit` does: `--signal=USR1@slurm.signal_seconds` reaches the ranks, which checkpoint,
 and rank 0 requeues the job (`train.requeue`, with `--requeue`). The callable then exits without a result, so the
