@@ -6,15 +6,21 @@ On a GPU machine: `pytest -m gpu` runs just these; `pytest` runs them beside the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+HERE = Path(__file__).parent
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark this folder's tests `gpu`, and skip them without CUDA (the hook sees every item of the session)."""
     skip = pytest.mark.skip(reason="needs CUDA: torch sees no GPU here")
     for item in items:
-        if item.get_closest_marker("gpu") is None:
-            item.add_marker(pytest.mark.gpu)
+        if HERE not in Path(item.path).parents:
+            continue
+        item.add_marker(pytest.mark.gpu)
         if not torch.cuda.is_available():
             item.add_marker(skip)
 
