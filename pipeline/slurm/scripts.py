@@ -21,6 +21,7 @@ from pipeline.sweep import TrainingRun, plan
 TEMPLATES = Path(__file__).parent / "scripts"
 SETTINGS_MARK = "# pipeline: settings"
 BODY_MARK = "# pipeline: body"
+SETUP_MARK = "# pipeline: setup (slurm.setup, verbatim)"
 
 
 @dataclass(frozen=True)
@@ -33,22 +34,38 @@ class Resources:
     time: str
     """Time limit, [D-]HH:MM:SS."""
     gpus_per_node: int = 0
-    """`--gres=gpu:K`; 0: none."""
+    """GPUs per node, asked for in the form `gpu_request` names; 0: none."""
     signal_seconds: int | None = None
-    """`--signal=USR1@N`: the warning before the time limit that makes training checkpoint and requeue."""
+    """`--signal=<signal>@N`: the warning before the time limit that makes training checkpoint and requeue."""
     requeue: bool = False
     append: bool = False
     """`--open-mode=append`: a requeued job's output goes on after the earlier runs'."""
+    gpu_request: str = "gres"
+    """`gres` (`--gres=gpu:K`), `gpus-per-node` (`--gpus-per-node=K`) or `gpus-per-task` (`--gpus-per-task=1`,
+    one task per GPU: K tasks per node make K GPUs per node)."""
+    signal: str = "USR1"
+    """`USR1` or `USR2` (`slurm.signal`)."""
+    exclusive: bool = False
+    """`--exclusive`: the job's nodes are its own."""
 
     def options(self) -> list[str]:
         """The job's own #SBATCH options, in the order of the scripts."""
         options = [f"--nodes={self.nodes}", f"--ntasks-per-node={self.ntasks_per_node}",
                    f"--cpus-per-task={self.cpus_per_task}"]
-        options += [f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else []
+        options += [self.gpu_option()] if self.gpus_per_node else []
         options.append(f"--time={self.time}")
-        options += [f"--signal=USR1@{self.signal_seconds}"] if self.signal_seconds is not None else []
+        options += [f"--signal={self.signal}@{self.signal_seconds}"] if self.signal_seconds is not None else []
         options += ["--requeue"] if self.requeue else []
+        options += ["--exclusive"] if self.exclusive else []
         return options + (["--open-mode=append"] if self.append else [])
+
+    def gpu_option(self) -> str:
+        """The job's GPUs in the form `gpu_request` names."""
+        forms = {"gres": f"--gres=gpu:{self.gpus_per_node}", "gpus-per-node": f"--gpus-per-node={self.gpus_per_node}",
+                 "gpus-per-task": "--gpus-per-task=1"}
+        if self.gpu_request not in forms:
+            raise ValueError(f"slurm.gpu_request: {self.gpu_request!r}, expected one of {', '.join(forms)}")
+        return forms[self.gpu_request]
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,8 @@ def experiment_jobs(config: ExperimentConfig) -> list[Job]:
     slurm = config.slurm
     runs = plan(config, device_for=lambda requested, n: slurm_device(requested, slurm.gpus_per_node))
     report = Resources(nodes=1, ntasks_per_node=1, cpus_per_task=1, time=slurm.time_report)
-    return [preprocess_job(config), *(Job("train", run.name, train_resources(config, run), "train") for run in runs),
+    return [preprocess_job(config),
+            *(Job("train", run.name, train_resources(config, run), train_template(config)) for run in runs),
             Job("report", None, report, "report")]
 
 
@@ -136,9 +154,23 @@ def train_resources(config: ExperimentConfig, run: TrainingRun) -> Resources:
         raise ValueError(f"train.world_sizes: {run.world_size} ranks do not split evenly over {nodes} nodes of "
                          f"{per_node} (slurm.gpus_per_node / slurm.cpu_ranks_per_node)")
     tasks = run.world_size // nodes
-    return Resources(nodes, tasks, config.train.threads_per_rank, slurm.time_train,
+    return Resources(nodes, tasks, rank_cpus(config), slurm.time_train,
                      gpus_per_node=tasks if slurm.gpus_per_node else 0, signal_seconds=slurm.signal_seconds,
-                     requeue=config.train.requeue, append=True)
+                     requeue=config.train.requeue, append=True, gpu_request=slurm.gpu_request, signal=slurm.signal,
+                     exclusive=slurm.exclusive)
+
+
+def rank_cpus(config: ExperimentConfig) -> int:
+    """`--cpus-per-task` of a training rank: its threads and its loader worker processes, or, for GPU ranks,
+    `slurm.cpus_per_gpu_rank` when set."""
+    if config.slurm.gpus_per_node and config.slurm.cpus_per_gpu_rank:
+        return config.slurm.cpus_per_gpu_rank
+    return config.train.threads_per_rank + config.train.loader_workers
+
+
+def train_template(config: ExperimentConfig) -> str:
+    """`train-requeue` when the batch script, not rank 0, requeues (`slurm.requeue_by: script`), else `train`."""
+    return "train-requeue" if config.train.requeue and config.slurm.requeue_by == "script" else "train"
 
 
 def job_name(config: ExperimentConfig, job: Job) -> str:
@@ -160,19 +192,25 @@ def _script(config: ExperimentConfig, job: Job, settings: dict[str, str]) -> Job
     directives = [f"--job-name={job_name(config, job)}", *job.resources.options(), f"--output={_path_value(log)}",
                   *shared_options(config)]
     origin = f"# Written by `pipeline submit` for experiment {config.name!r} from slurm/{job.template}.sbatch."
-    text = render((TEMPLATES / f"{job.template}.sbatch").read_text(), directives, settings, origin)
+    text = render((TEMPLATES / f"{job.template}.sbatch").read_text(), directives, settings, origin,
+                  config.slurm.setup)
     return JobScript(job.stage, job.name, job.configuration, text, log)
 
 
-def render(template: str, directives: list[str], settings: dict[str, str], origin: str) -> str:
-    """The template with its #SBATCH lines replaced by `directives`, its settings block by `settings`, and an
-    `origin` comment (one line) under the shebang."""
+def render(template: str, directives: list[str], settings: dict[str, str], origin: str,
+           setup: list[str] | tuple[str, ...] = ()) -> str:
+    """The template with its #SBATCH lines replaced by `directives`, its settings block by `settings`, an `origin`
+    comment (one line) under the shebang, and the `setup` lines (`slurm.setup`, the user's shell code, verbatim)
+    between the settings and the body."""
     lines = template.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
     start, body = lines.index(SETTINGS_MARK), lines.index(BODY_MARK)
     head = [line for line in lines[:start] if not line.startswith("#SBATCH")]
     out = head[:1] + [origin] + head[1:first] + [f"#SBATCH {d}" for d in directives] + head[first:]
     out += [SETTINGS_MARK] + [f"{key}={shlex.quote(value)}" for key, value in settings.items()]
+    if any(c in line for line in setup for c in "\n\r\0"):
+        raise ValueError("slurm.setup: one shell line per entry, without newlines or NUL")
+    out += [SETUP_MARK, *setup] if setup else []
     return "\n".join(out + lines[body:]) + "\n"
 
 

@@ -13,8 +13,9 @@ callable that loads the run's config.yaml in the job and calls the stage:
 
 They call `pipeline.stages`, not `pipeline.api`, which imports this module: the API sits above the executors.
 
-Requeue is what `pipeline submit` does: `--signal=USR1@slurm.signal_seconds` reaches the ranks, which checkpoint,
-and rank 0 requeues the job (`train.requeue`, with `--requeue`). The callable then exits without a result, so the
+Requeue is what `pipeline submit` does: `--signal=<slurm.signal>@slurm.signal_seconds` reaches the ranks, which
+checkpoint, and rank 0 requeues the job (`train.requeue`, with `--requeue`; with `slurm.requeue_by: script` this
+job's process does, `requeue_here`). The callable then exits without a result, so the
 job handle waits for the requeued run, which runs the same callable again and resumes from the checkpoint.
 `TrainJob` is a `submitit.helpers.Checkpointable` too: if submitit's own signal reaches it (USR2), `checkpoint()`
 resubmits it unchanged, and the new run resumes from the last checkpoint.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -91,7 +93,7 @@ class TrainJob(Checkpointable):
         try:
             stages.train_stage(config, configuration=self.configuration, launcher=self.launcher)
         except TrainingInterrupted as err:
-            if not requeued():
+            if not requeued() and not requeue_here(config):
                 raise
             # No result: the handle waits for the requeued run, which calls this again and resumes.
             print(f"{err} SLURM requeued the job; it resumes from that checkpoint", flush=True)
@@ -124,6 +126,15 @@ def requeued() -> bool:
     shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=False)
     restarts = re.search(r"\bRestarts=(\d+)", shown.stdout)
     return bool(restarts) and int(restarts[1]) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
+
+
+def requeue_here(config: ExperimentConfig) -> bool:
+    """With `slurm.requeue_by: script` the ranks leave the requeue to the job: `scontrol requeue` it from here (the
+    submitit process); whether that worked."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or config.slurm.requeue_by != "script" or not config.train.requeue or not shutil.which("scontrol"):
+        return False
+    return subprocess.run(["scontrol", "requeue", job], check=False).returncode == 0
 
 
 @dataclass
@@ -256,8 +267,10 @@ def parameters(config: ExperimentConfig, job: Job, cluster: str, dependency: str
                   slurm_additional_parameters=extra)
     if resources.signal_seconds is None:  # submitit's own warning (USR2) would end the preprocess job's workers
         params["slurm_signal_delay_s"] = 0
-    if resources.gpus_per_node:
+    if resources.gpus_per_node and resources.gpu_request == "gres":  # the other forms are in `extra`
         params["slurm_gres"] = f"gpu:{resources.gpus_per_node}"
+    if config.slurm.setup:  # after submitit's #SBATCH lines, before its srun/python line, verbatim like ours
+        params["slurm_setup"] = list(config.slurm.setup)
     if dependency:
         params["slurm_dependency"] = dependency
     return params

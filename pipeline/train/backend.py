@@ -8,7 +8,9 @@ clearly why it cannot.
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import AbstractContextManager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,12 +32,16 @@ class DDPBackend:
         self.allreduce_clock = AllReduceClock()
         """Seconds the gradient all-reduce of the current step took (see `pipeline.train.timing`)."""
 
-    def setup(self, env: DistributedEnv, device: torch.device) -> None:
-        """Join the process group of the job `env` describes, on `device`."""
+    def setup(self, env: DistributedEnv, device: torch.device, timeout_s: float | None = None) -> None:
+        """Join the process group of the job `env` describes, on `device`. A collective that waits longer than
+        `timeout_s` (`train.collective_timeout_s`; None: torch's default, 30 min) fails on gloo and NCCL alike; on
+        NCCL the watchdog then ends the process, so a rank whose peer died cannot hang the job."""
         export_rendezvous(env)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        timeout = timedelta(seconds=timeout_s) if timeout_s else None
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
 
     @property
     def rank(self) -> int:
@@ -65,16 +71,27 @@ class DDPBackend:
     def barrier(self) -> None:
         dist.barrier()
 
-    def teardown(self) -> None:
+    def teardown(self, failing: bool = False) -> None:
         """Leave the group while Python is fully alive.
 
         DDP's reducer keeps the process group alive through reference cycles. If it survives until interpreter
         shutdown, a gloo thread can reach for the GIL mid-finalisation and abort the rank ("terminate called
         without an active exception"), so it is collected and the group destroyed here.
+
+        A `failing` rank (one that raised) skips the final barrier: its peers are in some other collective, or
+        dead, and waiting for them would keep this rank (and so the job) alive until the collective timeout. It
+        leaves at once, so the launcher sees it exit and ends the others.
         """
         gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
+        if not dist.is_initialized():
+            return
+        if failing and dist.get_backend() == "nccl":
+            # Destroying an NCCL group with a collective in flight can block; aborting does not (torch >= 2.6).
+            dist.distributed_c10d._abort_process_group()
+        else:
+            if not failing:
+                dist.barrier()
+            dist.destroy_process_group()
         gc.collect()
 
 

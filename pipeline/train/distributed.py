@@ -85,3 +85,45 @@ def export_rendezvous(dist_env: DistributedEnv) -> None:
     os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
     os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
 
+
+
+def device_index(local_rank: int, local_world_size: int, visible_gpus: int) -> int:
+    """The CUDA device index of this rank among the GPUs it sees.
+
+    A rank that sees every GPU of its node (torchrun, `srun` with `--gres=gpu:K` or `--gpus-per-node`) takes the
+    one of its local rank; a rank bound to one GPU (`--gpus-per-task=1`, `--gpu-bind=single:1`: CUDA_VISIBLE_DEVICES
+    names one device) takes device 0. Any other count would put two ranks on one GPU or pick an arbitrary one, which
+    NCCL refuses ("Duplicate GPU detected"), so it is refused here, with the numbers.
+    """
+    if visible_gpus == local_world_size and 0 <= local_rank < visible_gpus:
+        return local_rank
+    if visible_gpus == 1:
+        return 0
+    raise RuntimeError(
+        f"rank with local rank {local_rank} of {local_world_size} ranks on this node sees {visible_gpus} GPU(s) "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}): a CUDA rank needs either "
+        "one GPU of its own (--gpus-per-task=1) or all of its node's GPUs, one per rank (--gres=gpu:K, "
+        "--gpus-per-node=K with K ranks per node)")
+
+
+def failure_summary(log: str, limit: int = 20) -> str:
+    """The lines of a training log that say which rank failed and why: each rank's "failed" line and the last line
+    of each traceback (the exception), from the last attempt (`--- ` line) on; empty if there are none.
+
+    torch prefixes a rank's traceback lines with `[rankN]: `, which is kept, so every exception names its rank."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("--- ")]
+    lines = lines[starts[-1] + 1:] if starts else lines
+    found, in_traceback = [], False
+    for i, line in enumerate(lines):
+        text = re.sub(r"^\[rank\d+\]: ", "", line)
+        if re.match(r"rank \d+ \(pid \d+\) failed", line):
+            found.append(line)
+        elif text.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and text and not text[0].isspace():
+            nxt = lines[i + 1] if i + 1 < len(lines) else ""
+            if not re.sub(r"^\[rank\d+\]: ", "", nxt).startswith(" "):  # the exception line ends the traceback
+                found.append(line)
+                in_traceback = False
+    return "\n".join(found[:limit])

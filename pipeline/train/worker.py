@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     stop = StopFlag()
     stop.install()  # before anything slow, so an early signal is not fatal
     experiment = load_config(args.config)
+    stop.use_config(experiment.slurm.signal)
     if args.batch_size:
         experiment.train.batch_size = args.batch_size
     experiment.train.seed = repeat_seed(experiment.train.seed, args.repeat)
@@ -65,11 +66,16 @@ def main(argv: list[str] | None = None) -> None:
         # Every rank installed its signal handlers before joining the group, so from here a signal is safe.
         print(f"rank 0 (pid {os.getpid()}): {rank.env.world_size} ranks joined via {rank.env.launcher}", flush=True)
         paths.interrupted.unlink(missing_ok=True)
+    failing = True
     try:
         # The trainer (and its DDP wrapper) lives only inside `run`, so it is garbage by the time of teardown.
         run(experiment, args, paths, rank, stop, started)
+        failing = False
     finally:
-        rank.backend.teardown()
+        if failing:  # say who failed now: the launcher ends the other ranks as soon as this one exits
+            print(f"rank {rank.env.rank} (pid {os.getpid()}) failed; leaving the group without waiting for the "
+                  "others", flush=True)
+        rank.backend.teardown(failing=failing)
 
 
 def join(experiment: ExperimentConfig, device_type: str) -> Rank:
@@ -78,11 +84,12 @@ def join(experiment: ExperimentConfig, device_type: str) -> Rank:
     backend = backend_for(config.backend)
     env = distributed.from_environment()
     if device_type == "cuda":
-        device = torch.device("cuda", env.local_rank)
+        device = torch.device("cuda", distributed.device_index(env.local_rank, env.local_world_size,
+                                                                 torch.cuda.device_count()))
     else:
         torch.set_num_threads(config.threads_per_rank)
         device = torch.device("cpu")
-    backend.setup(env, device)
+    backend.setup(env, device, timeout_s=config.collective_timeout_s)
     return Rank(env, device, backend)
 
 
@@ -97,7 +104,8 @@ def run(experiment: ExperimentConfig, args: argparse.Namespace, paths: TrainingP
     outcome = trainer.fit()
     if outcome.stop_signal is not None:
         if rank.env.rank == 0:
-            _record_interruption(paths, outcome, config.requeue)
+            requeue = config.requeue and stop.requeues(outcome.stop_signal)
+            _record_interruption(paths, outcome, experiment.slurm.requeue_by if requeue else None)
         return
     finish(experiment, trainer, outcome, paths, rank.env, repeat=args.repeat, restarts=args.restarts,
            wall_s=time.perf_counter() - started)
@@ -105,13 +113,16 @@ def run(experiment: ExperimentConfig, args: argparse.Namespace, paths: TrainingP
         tensorboard.close()
 
 
-def _record_interruption(paths: TrainingPaths, outcome: Outcome, requeue: bool) -> None:
-    """Say why there are no metrics (the launcher reports it), and requeue the SLURM job on SIGUSR1."""
+def _record_interruption(paths: TrainingPaths, outcome: Outcome, requeue_by: str | None) -> None:
+    """Say why there are no metrics (the launcher reports it), and requeue the SLURM job on the requeue signal:
+    `requeue_by` is `rank` (here, with scontrol), `script` (the batch script does) or None (nobody)."""
     note = None
-    if outcome.stop_signal == StopFlag.REQUEUE_SIGNAL and requeue:
+    if requeue_by == "rank":
         note = requeue_slurm_job()
-        if note:
-            print(note, flush=True)
+    elif requeue_by == "script" and os.environ.get("SLURM_JOB_ID"):
+        note = "left to the batch script (slurm.requeue_by: script), which requeues on exit 75"
+    if note:
+        print(note, flush=True)
     progress = outcome.progress
     Interrupted(signal=signal.Signals(outcome.stop_signal).name, epoch=progress.epoch,
                 batches_done=progress.batches_done, optimizer_steps=progress.optimizer_steps,
