@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Distributed audio classifier pipeline: "
                                      "Dask preprocessing, PyTorch DDP training, scaling reports.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_stages, _add_submit, _add_jobs, _add_config, _add_inference, _add_report):
+    for add in (_add_data, _add_stages, _add_submit, _add_jobs, _add_config, _add_inference, _add_report,
+                _add_bench):
         add(commands)
     return parser
 
@@ -132,6 +133,33 @@ def _add_report(commands) -> None:
     report.add_argument("--out", type=Path, metavar="DIR", help="folder of the comparison (only with RUN_B; default: "
                         "RUN_B/compare-<name of RUN_A>)")
     report.set_defaults(handler=_report)
+
+
+BENCH_OPTIONS: list[tuple[str, dict]] = [
+    ("--out", {"type": Path, "metavar": "FILE", "help": "JSON to write (default results/bench-<host>.json)"}),
+    ("--quick", {"action": "store_true", "help": "small sizes and few steps: seconds on a CPU"}),
+    ("--steps", {"type": int, "help": "steps (feature calls) per timed repeat"}),
+    ("--batch-size", {"type": int, "help": "training and loader batch size (CUDA 256, CPU 16)"}),
+    ("--image-size", {"type": int, "help": "training input size in pixels (CUDA 224, CPU 64)"}),
+    ("--features", {"type": Path, "metavar": "RUN_DIR",
+                    "help": "time the loader over this preprocessed run folder's train split, not synthetic data"}),
+    ("--device", {"choices": ["auto", "cpu", "cuda"], "default": "auto", "help": "default: cuda if seen"}),
+]
+
+
+def _add_bench(commands) -> None:
+    text = ("measure this machine: training images/s of resnet50 and the cnn (fp32, bf16 on CUDA), log-mel + MFCC "
+            "chunks/s and the training loader's samples/s, as a table and JSON")
+    bench = commands.add_parser("bench", help=text, description=text)
+    for flag, options in BENCH_OPTIONS:
+        bench.add_argument(flag, **options)
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from pipeline.bench import main_args
+
+    main_args(args)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,10 +57,34 @@ def _local(config: PreprocessConfig) -> Iterator[Executor]:
     encoding), and processes rather than threads because much of that work holds the GIL."""
     from dask.distributed import Client, LocalCluster
 
+    from pipeline.preprocess import gpus
+
+    plan = gpus.local_plan(config.workers, config.device)
+    if plan.uses_gpus:
+        with _gpu_local(plan) as executor:
+            yield executor
+        return
     with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       preload=[__name__]) as cluster, Client(cluster) as client:
         print(f"dask: {config.workers} workers, dashboard at {client.dashboard_link}", flush=True)
         yield client.get_executor(retries=RETRIES)
+
+
+@contextlib.contextmanager
+def _gpu_local(plan) -> Iterator[Executor]:
+    """A LocalCluster with one feature worker per GPU, each pinned to its GPU, and CPU workers that decode
+    (`preprocess.gpus`)."""
+    from dask.distributed import Client, Scheduler, SpecCluster
+
+    from pipeline.preprocess import gpus
+
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=gpus.worker_specs(plan, [__name__]), scheduler=scheduler) as cluster, \
+            Client(cluster) as client:
+        print(f"dask: {len(plan.gpu_devices)} GPU workers (CUDA_VISIBLE_DEVICES {', '.join(plan.gpu_devices)}) for "
+              f"features and images, {plan.cpu_workers} CPU workers for decoding, dashboard at "
+              f"{client.dashboard_link}", flush=True)
+        yield gpus.SplitExecutor(client, RETRIES)
 
 
 def dask_setup(worker) -> None:

@@ -22,6 +22,7 @@ from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.layout import FeaturePaths, RunLayout
 from pipeline.preprocess import shards
 from pipeline.preprocess.gallery import write_galleries
+from pipeline.preprocess.gpus import check_pool
 from pipeline.preprocess.params import check_or_record
 from pipeline.preprocess.progress import Progress
 from pipeline.preprocess.shards import TaskSummary
@@ -43,6 +44,7 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
     if not layout.manifest.is_file():
         raise FileNotFoundError(f"{layout.manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
     check_or_record(config)
+    check_pool(executor, config.preprocess.device)
     shards.remove_partial(features.folder)
     tasks = make_tasks(read_manifest(layout.manifest), config.preprocess.files_per_task)
     complete = {task.task_id for task in tasks if shards.is_complete(features.folder, task.task_id)}
@@ -90,6 +92,8 @@ def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Pr
     once (a task whose worker dies is redone by Dask; one that raises is retried by the executor)."""
     if executor is None:
         results = (run_task(task, *args) for task in tasks)
+    elif hasattr(executor, "submit_task"):  # GPU workers: decode on CPU workers, features on GPU ones
+        results = (f.result() for f in as_completed([executor.submit_task(task, *args) for task in tasks]))
     else:
         results = (f.result() for f in as_completed([executor.submit(run_task, task, *args) for task in tasks]))
     for summary in results:

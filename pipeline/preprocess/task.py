@@ -63,13 +63,29 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
     written in place without a temporary name: the shard folder, renamed into place last, marks the task complete,
     and a rerun redoes every file of an incomplete task, overwriting whatever a crash left half-written.
     """
+    features_dir = RunLayout(Path(run_dir)).features.folder
+    if shards.is_complete(features_dir, task.task_id):
+        return shards.read_summary(features_dir, task.task_id)
+    return finish_task(decode_task(task, config, sample_rate, root), task, config, sample_rate, run_dir)
+
+
+def decode_task(task: Task, config: PreprocessConfig, sample_rate: int, root: str) -> tuple[list, list[dict], int]:
+    """The first half of `run_task`, CPU work only (decode, resample, chunk): what `finish_task` takes. With
+    features on GPUs, Dask runs it on the CPU workers and hands its result to a GPU worker (`preprocess.gpus`)."""
+    torch.set_num_threads(1)
+    return _decode(task, config, sample_rate, root)
+
+
+def finish_task(decoded_task: tuple[list, list[dict], int], task: Task, config: PreprocessConfig, sample_rate: int,
+                run_dir: str) -> TaskSummary:
+    """The second half of `run_task`: features, images (and chunk wavs) of the decoded chunks, then the shard."""
     run = Path(run_dir)
     features_dir = RunLayout(run).features.folder
-    if shards.is_complete(features_dir, task.task_id):
+    if shards.is_complete(features_dir, task.task_id):  # a retried or duplicated attempt
         return shards.read_summary(features_dir, task.task_id)
     torch.set_num_threads(1)
     extractor = FeatureExtractor(config, sample_rate, feature_device(config.device))
-    decoded, rejects, silent = _decode(task, config, sample_rate, root)
+    decoded, rejects, silent = decoded_task
     rows = [_row(source, k, start, end, sample_rate) for source, chunks, _ in decoded
             for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
     waveforms = np.concatenate([c.samples for _, c, _ in decoded]) if decoded else np.zeros((0, 1), np.float32)
