@@ -90,8 +90,11 @@ def _train_ranges(train: TrainConfig) -> dict[str, bool]:
         "train.grad_accumulation": train.grad_accumulation >= 1,
         "train.loader_workers": train.loader_workers >= 0,
         "train.checkpoint_every_steps": train.checkpoint_every_steps >= 0,
+        "train.stop_check_every_steps": train.stop_check_every_steps is None or train.stop_check_every_steps >= 1,
+        "train.log_every_steps": train.log_every_steps is None or train.log_every_steps >= 1,
         "train.early_stopping_patience": train.early_stopping_patience >= 0,
         "train.max_restarts": train.max_restarts >= 0,
+        "train.collective_timeout_s": train.collective_timeout_s >= 10,
     }
 
 
@@ -109,6 +112,7 @@ def _slurm_ranges(slurm: SlurmConfig) -> dict[str, bool]:
         "slurm.preprocess_nodes": slurm.preprocess_nodes >= 1,
         "slurm.preprocess_cpus_per_node": slurm.preprocess_cpus_per_node >= 1,
         "slurm.signal_seconds": slurm.signal_seconds >= 0,
+        "slurm.cpus_per_gpu_rank": slurm.cpus_per_gpu_rank >= 0,
     }
 
 
@@ -219,3 +223,7 @@ def check_slurm(slurm: SlurmConfig, source: str) -> None:
     _check_tokens(checks, source, "slurm.", "sbatch value")
     if slurm.python is not None and any(c in slurm.python for c in "\n\r\0"):
         raise ConfigError(f"{source}: 'slurm.python' must be one path, got {slurm.python!r}")
+    for i, line in enumerate(slurm.setup):
+        if any(c in line for c in "\n\r\0") or line.lstrip().startswith("#SBATCH"):
+            raise ConfigError(f"{source}: 'slurm.setup[{i}]' must be one shell line (no newline, carriage return, "
+                              f"NUL or #SBATCH; they go verbatim into every job script), got {line!r}")

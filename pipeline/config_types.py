@@ -160,13 +160,21 @@ class TrainConfig:
     grad_accumulation: int = 1
     """Micro-batches whose gradients are summed before one optimizer step (and one all-reduce)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """`bf16` runs forward and loss under bfloat16 autocast on GPU; CPU ranks always run fp32."""
+    """`bf16` runs forward and loss under bfloat16 autocast on GPU; CPU ranks always run fp32. The lstm's recurrent
+    layers stay fp32 under autocast (cuDNN would run them in fp16); metrics.json's `precision` says what ran."""
     channels_last: bool = True
     """Use the channels-last memory format for convolutional models (faster convolutions on GPUs)."""
     loader_workers: int = 0
     """DataLoader worker processes per rank (persistent); 0 loads in the training process."""
     checkpoint_every_steps: int = 0
     """Also checkpoint every N optimizer steps (0: only at the end of each epoch)."""
+    stop_check_every_steps: int | None = None
+    """Check for a stop signal (SIGUSR1/SIGTERM: checkpoint and exit) every N optimizer steps, on the same steps on
+    every rank, and after every epoch; a signal stops the run within N steps. Each check is an all-reduce the host
+    waits for; none: every step on CPU ranks, every 10 on GPU ranks."""
+    log_every_steps: int | None = None
+    """Write the training loss to TensorBoard every N optimizer steps (reading it waits for the device); none:
+    every step on CPU ranks, every 10 on GPU ranks."""
     early_stopping_patience: int = 0
     """Stop after this many epochs without improvement of `early_stopping_metric` (0: never stop early)."""
     early_stopping_metric: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"] = \
@@ -191,7 +199,11 @@ class TrainConfig:
     max_restarts: int = 0
     """Restarts of a configuration whose rank died; each restart resumes from the last checkpoint."""
     requeue: bool = True
-    """Inside a SLURM job, on SIGUSR1 save a checkpoint and `scontrol requeue` the job."""
+    """Inside a SLURM job, on SIGUSR1 (`slurm.signal`) save a checkpoint and `scontrol requeue` the job."""
+    collective_timeout_s: int = 300
+    """Seconds a rank waits in one collective (all-reduce, broadcast, barrier) before it fails, naming the
+    collective: the bound on a hang when another rank died (NCCL's own default is 30 minutes). Gloo and NCCL both
+    honour it. Raise it only if one step (or rank 0's checkpoint write, which the others wait for) takes longer."""
     seed: int = 0
     """Seed of model init and data order."""
 
@@ -223,7 +235,29 @@ class SlurmConfig:
     time_report: str = "00:20:00"
     """Time limit of the report job."""
     signal_seconds: int = 90
-    """How long before the time limit SLURM sends SIGUSR1 to the training ranks (`--signal=USR1@N`)."""
+    """How long before the time limit SLURM sends `signal` to the training ranks (`--signal=USR1@N`)."""
+    signal: Literal["USR1", "USR2"] = "USR1"
+    """The warning signal (`--signal=<signal>@N`) on which the ranks checkpoint and the job requeues. NCCL can
+    swallow SIGUSR1 on some sites (NVIDIA/nccl#704), and submitit uses USR2 for the same reason: choose USR2 there.
+    Ranks stop cleanly on USR1, USR2 and TERM alike; only this one requeues."""
+    requeue_by: Literal["rank", "script"] = "rank"
+    """Who requeues a training job after its checkpoint: `rank` (rank 0 runs `scontrol requeue`), or `script`, for
+    ranks in a container without `scontrol`: the ranks only checkpoint, `pipeline train` exits 75, and the batch
+    script, on the host, runs `scontrol requeue` (template train-requeue.sbatch)."""
+    gpu_request: Literal["gres", "gpus-per-node", "gpus-per-task"] = "gres"
+    """How a training job asks for its K GPUs per node: `--gres=gpu:K`, `--gpus-per-node=K`, or `--gpus-per-task=1`
+    (each rank then sees only its own GPU, as device 0; sites that bind GPUs to tasks need this form)."""
+    cpus_per_gpu_rank: int = 0
+    """`--cpus-per-task` of a GPU rank: its own process and its `train.loader_workers`; 0: `train.threads_per_rank
+    + train.loader_workers`. CPU ranks always get `threads_per_rank + loader_workers`."""
+    exclusive: bool = False
+    """`--exclusive` on training jobs: no other job shares their nodes (cleaner scaling measurements)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before the pipeline in every job, e.g. `module load cuda/12.4`, `source ~/venvs/x/bin/activate`
+    or `export NCCL_SOCKET_IFNAME=ib0`. They are inserted verbatim, one line each, after the #SBATCH header and the
+    settings and before `set -euo pipefail`: they are the user's own shell code, not quoted, so write them as you
+    would in the script (a failing line stops nothing unless it says `|| exit 1`). A newline, carriage return or
+    NUL is refused; a line starting with `#SBATCH` too (sbatch would not read it there)."""
     python: str | None = None
     """Python with the pipeline installed, as the compute nodes see it; none: the one running `pipeline submit`
     (right when the virtual environment is on a shared file system)."""

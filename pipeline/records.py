@@ -99,7 +99,7 @@ class EpochRecord(Record):
 class TrainingMetrics(Record):
     """What one training run measured and on what: configs/<run>/metrics.json."""
 
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"gpu_model", "cuda", "gpu_count", "code"})
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"gpu_model", "cuda", "gpu_count", "code", "device_reason"})
     NESTED: ClassVar[dict[str, type[Record]]] = {"history": EpochRecord}
 
     # What ran
@@ -143,7 +143,9 @@ class TrainingMetrics(Record):
     mean_allreduce_s: float
     mean_step_s: float
     peak_memory_bytes: int
-    """Peak RSS per rank on CPU, peak allocated on GPU; max over ranks."""
+    """Peak RSS per rank on CPU; on GPU what the caching allocator reserved (`max_memory_reserved`: tensors and the
+    allocator's cache, without the CUDA context); max over ranks. Runs of older versions recorded allocated tensor
+    memory on GPU."""
     epoch_time_s: float
     # Accuracy
     final_val_accuracy: float
@@ -181,6 +183,9 @@ class TrainingMetrics(Record):
     """GPUs the rank could see: fewer than ranks per node means ranks shared a GPU."""
     code: dict | None = None
     """pipeline.fingerprint.code_version() of the training code; None for runs of older versions."""
+    device_reason: str | None = None
+    """Why the run got its device, as the launcher decided it (e.g. `train.device auto and 2 ranks need 2 GPUs,
+    this machine has 1`); None for runs of older versions or ranks started without the launcher."""
 
     @property
     def configuration(self) -> str:

@@ -19,14 +19,16 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_experiment(tmp_path: Path, speech_dir: Path, **sections: dict) -> Path:
-    """Write a small experiment YAML under tmp_path; `sections` update its data/preprocess/train parts."""
+    """Write a small experiment YAML under tmp_path; `sections` update its data/preprocess/train parts. It trains on
+    the CPU (train.device: cpu) whether or not the machine has a GPU."""
     config = {
         "name": "tiny",
         "run_dir": str(tmp_path / "run"),
         "data": {"source": "folder", "root": str(speech_dir), "sample_rate": 16000},
         "preprocess": {"chunk_seconds": 1.0, "last_chunk": "pad", "image_size": 32, "workers": 2,
                        "files_per_task": 4, "n_mels": 32},
-        "train": {"epochs": 2, "batch_size": 8, "world_sizes": [2]},
+        # device cpu, not auto: the same runs, names and figures on a machine with GPUs (tests/gpu test those)
+        "train": {"epochs": 2, "batch_size": 8, "world_sizes": [2], "device": "cpu"},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

@@ -19,6 +19,7 @@ def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
     config = tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1, 2]})
     result = pipeline("run", str(config), "--set", "train.epochs=2")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "train: ws2-cpu-bs8 runs on cpu: train.device cpu" in result.stdout
     run = tmp_path / "run"
     for name in ("ws1-cpu-bs8", "ws2-cpu-bs8"):
         metrics = json.loads((run / "configs" / name / "metrics.json").read_text())
@@ -27,6 +28,7 @@ def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
         assert 0 <= metrics["test_accuracy"] <= 1
         assert metrics["versions"]["torch"].startswith("2.11")
         assert metrics["peak_memory_bytes"] > 50 * 2**20
+        assert metrics["device_reason"] == "train.device cpu"  # tiny_experiment pins the CPU on any machine
         with open(run / "configs" / name / "steps.csv", newline="") as f:
             steps = [r for r in csv.DictReader(f) if r["epoch"] == "2"]  # epoch 1 is warm-up, left out of means
         assert len(steps) == metrics["steps_per_epoch"]

@@ -19,14 +19,17 @@ METHOD = [
     "first (the first pays one-off warm-up costs). The batch per rank is fixed, so the global batch grows with the "
     "ranks (weak scaling of the batch, as in data-parallel GPU training).",
     "speedup: samples/s over that of the configuration with the fewest ranks on the same device and batch; "
-    "efficiency: speedup divided by the ratio of ranks.",
+    "efficiency: speedup divided by the ratio of ranks. Each device is its own baseline: a GPU configuration is "
+    "never divided by a CPU one.",
     "step ms: mean wall time of one training step on rank 0 over the same epochs, split into data ms (waiting for "
     "the batch), fwd+bwd ms (forward and backward, including the wait for the last gradient all-reduce) and "
     "optimizer ms. all-reduce ms: time from launching each gradient bucket's all-reduce to its completion, summed "
     "over buckets; it runs while backward computes, so only part of it adds to the step. Raw per-step timings: "
     "configs/<name>/steps.csv.",
-    "peak MB: peak resident memory of a rank's process on CPU (peak allocated tensor memory on a GPU), the largest "
-    "over the ranks.",
+    "peak MB: peak resident memory of a rank's process on CPU; on a GPU the peak memory the CUDA caching allocator "
+    "reserved (torch.cuda.max_memory_reserved: the tensors and the allocator's cache, which is what the process "
+    "holds, less the CUDA context of a few hundred MB); the largest over the ranks. The two are not comparable "
+    "across devices.",
     "val/test acc: accuracy on chunks of held-out source files. wall s: the whole training job; device-hours: wall "
     "time x ranks.",
     "repeats: each configuration is trained train.repeats times, repeat k with seed seed + k - 1 in its own folder "
@@ -65,9 +68,10 @@ def write_report(run_dir: Path) -> Path:
 def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict],
           report: ReportConfig, provenance: list[str] | None = None) -> list[Block]:
     first = rows[0]
+    gpu = next((r["gpu_model"] for r in rows if r["device"] == "cuda" and r.get("gpu_model")), None)
     hardware = (f"Measured {first['measured_at']} on `{first['hostname']}`: {first['cpu_model']}, "
                 f"{first['cpu_cores_available']} CPU cores available"
-                + (f", GPU {first['gpu_model']}" if "gpu_model" in first else "") + ". Versions: "
+                + (f", GPU {gpu}" if gpu else "") + ". Versions: "
                 + ", ".join(f"{k} {v}" for k, v in first["versions"].items())
                 + f". Launcher: {first['launcher']}. " + _code_sentence(first) + _repeats_sentence(rows))
     blocks: list[Block] = [Heading(f"Scaling report: {run_dir.name}", 1), Paragraph(hardware)]
@@ -83,7 +87,8 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dic
     blocks += [Heading("Test confusion matrices"), *_confusion_figures(run_dir, rows)]
     blocks += [Heading("How this was measured"), Bullets(METHOD)]
     blocks += [Heading("Read this before quoting the numbers"),
-               Bullets((provenance or []) + honesty_notes(rows, skipped) + sections.gpu_sharing_notes(rows))]
+               Bullets((provenance or []) + sections.mixed_device_notes(rows) + honesty_notes(rows, skipped)
+                       + sections.gpu_sharing_notes(rows))]
     blocks += sections.preprocess_section(run_dir)
     return blocks
 

@@ -300,6 +300,25 @@ def gpu_sharing_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+def mixed_device_notes(rows: list[dict]) -> list[str]:
+    """When one report holds configurations on different devices (e.g. `train.device: auto` on a machine with
+    fewer GPUs than the largest world size): which device each got and why (`device_reason`, as recorded), and
+    that each device is its own speedup baseline."""
+    devices: dict[str, list[dict]] = {}
+    for row in rows:
+        devices.setdefault(row["device"], []).append(row)
+    if len(devices) < 2:
+        return []
+    parts = []
+    for device, group in devices.items():
+        reasons = list(dict.fromkeys(r["device_reason"] for r in group if r.get("device_reason")))
+        parts.append(f"{', '.join(r['name'] for r in group)} on {device}"
+                     + (f" ({'; '.join(reasons)})" if reasons else ""))
+    return [f"These configurations did not all run on the same device: {'; '.join(parts)}. Each device is its own "
+            "speedup baseline: speedup and efficiency compare configurations on the same device only, so a curve "
+            "that changes device part-way is two curves, and a CPU rank is not a GPU."]
+
+
 def explain_efficiency(rows: list[dict]) -> list[str]:
     """For each configuration under 95% efficiency, where the loss goes: the all-reduce's share of the step, which
     phase of the step grew against the fewest-rank configuration, and what is lost outside the steps.

@@ -39,7 +39,7 @@ COLUMNS = [
     ("forward_backward_ms", "fwd+bwd ms", "mean forward + backward, incl. the wait for the last all-reduce"),
     ("optimizer_ms", "optimizer ms", "mean optimizer step"),
     ("allreduce_ms", "all-reduce ms", "mean gradient all-reduce time per step, launch to completion (overlaps)"),
-    ("peak_memory_mb", "peak MB", "peak RSS per rank on CPU, peak allocated on GPU; max over ranks"),
+    ("peak_memory_mb", "peak MB", "peak RSS per rank on CPU, peak reserved by the CUDA allocator on GPU; max of ranks"),
     ("epoch_time_s", "epoch s", "mean epoch wall time, epochs after the first"),
     ("epoch_time_s_ci95", "epoch s ±", "half-width of the 95% confidence interval of epoch s"),
     ("speedup", "speedup", "samples/s over the fewest-rank configuration on the same device and batch"),

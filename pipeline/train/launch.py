@@ -9,43 +9,115 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from pipeline import fingerprint
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.records import Interrupted, Skipped
 from pipeline.sweep import TrainingRun, plan
+from pipeline.train import distributed
 from pipeline.train.backend import backend_for
-from pipeline.train.environment import available_cores
+from pipeline.train.environment import DEVICE_REASON, available_cores, visible_gpus
 from pipeline.train.interrupt import TrainingInterrupted
 from pipeline.train.reuse import check_reuse, features_digest, run_fingerprint
 
 
-def pick_device(requested: str, world_size: int) -> str:
-    """Where a run of `world_size` ranks trains on this machine: `train.device`, with `auto` meaning cuda when there
-    is a GPU per rank."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if requested == "cuda" and gpus < world_size:
-        raise RuntimeError(f"train.device: cuda asked for {world_size} GPUs, this machine has {gpus}")
+def pick_device(requested: str, world_size: int, gpus: int | None = None) -> str:
+    """Where a run of `world_size` ranks trains on a machine with `gpus` GPUs (default: those this process sees):
+    `train.device`, with `auto` meaning cuda when there is a GPU per rank."""
+    return device_choice(requested, world_size, gpus)[0]
+
+
+def device_choice(requested: str, world_size: int, gpus: int | None = None) -> tuple[str, str]:
+    """(device, why) of a run of `world_size` ranks planned on a machine with `gpus` GPUs (default: counted here)."""
+    gpus = visible_gpus() if gpus is None else gpus
+    here = f"this machine has {gpus}"
+    if requested == "cuda":
+        if gpus < world_size:
+            raise RuntimeError(f"train.device: cuda asked for {world_size} GPUs, {here}")
+        return "cuda", f"train.device cuda, {_ranks(world_size)} on {world_size} of the {gpus} GPU(s) here"
     if requested == "auto":
-        return "cuda" if gpus >= world_size else "cpu"
-    return requested
+        if gpus >= world_size:
+            return "cuda", f"train.device auto and a GPU per rank ({_ranks(world_size)}, {here})"
+        return "cpu", f"train.device auto and {_ranks(world_size)} need {world_size} GPUs, {here}"
+    return requested, f"train.device {requested}"
+
+
+def _ranks(n: int) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+def named_run(name: str, config: ExperimentConfig, launcher: str, gpus: int | None = None,
+              environ: dict[str, str] | None = None) -> tuple[TrainingRun, str]:
+    """(run, why it has its device) of `--configuration name`. The name fixes the device, so a cuda run is checked
+    here: under torchrun against this machine's GPUs (`gpus`, default: counted), under srun against the GPUs SLURM
+    gave each node of the job (when it says). NCCL refuses two ranks on one GPU, so a run with fewer GPUs than
+    ranks is refused up front rather than crashing in rank 1."""
+    run = TrainingRun.parse(name, config)
+    why = f"--configuration {name} names {run.device}"
+    if run.device != "cuda":
+        return run, why
+    if launcher == "srun":
+        return run, _srun_gpu_check(run, os.environ if environ is None else environ) or why
+    gpus = visible_gpus() if gpus is None else gpus
+    if gpus < run.world_size:
+        fewer = f"name a configuration of at most {_ranks(gpus)}, " if gpus else ""
+        raise ValueError(
+            f"--configuration {name}: {run.world_size} cuda ranks need {run.world_size} GPUs, this machine has "
+            f"{gpus} (NCCL refuses ranks sharing a GPU). Either {fewer}run it with `--launcher srun` inside a "
+            f"SLURM allocation with a GPU per rank, or train on the CPU: --configuration {_on_cpu(run)}")
+    return run, f"{why}; {_ranks(run.world_size)} on {run.world_size} of the {gpus} GPU(s) here"
+
+
+def _on_cpu(run: TrainingRun) -> str:
+    return TrainingRun(run.world_size, "cpu", run.batch_size, run.repeat).name
+
+
+def _srun_gpu_check(run: TrainingRun, environ: dict[str, str]) -> str | None:
+    """Inside an allocation SLURM owns the GPUs: refuse a cuda run only when SLURM says (SLURM_GPUS_ON_NODE) that
+    a node has fewer GPUs than the ranks srun puts on it; otherwise None (nothing to check against)."""
+    on_node = environ.get("SLURM_GPUS_ON_NODE", "").strip()
+    if not on_node.isdigit():
+        return None
+    nodes = int(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or 1)
+    per_node = int(environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0] or -(-run.world_size // nodes))
+    if int(on_node) < per_node:
+        raise ValueError(
+            f"--configuration {run.name}: {per_node} cuda ranks per node need {per_node} GPUs per node, the SLURM "
+            f"allocation gives {on_node} (SLURM_GPUS_ON_NODE; NCCL refuses ranks sharing a GPU). Submit it with a GPU "
+            f"per rank (slurm.gpus_per_node), or train on the CPU: --configuration {_on_cpu(run)}")
+    return (f"--configuration {run.name} names cuda; {per_node} rank(s) per node on the {on_node} GPU(s) per node "
+            "of the SLURM allocation")
+
+
+def planned_runs(config: ExperimentConfig, only: str | None, launcher: str) -> list[tuple[TrainingRun, str]]:
+    """The runs to train, each with why it got its device: `only`, or the sweep on this machine's GPUs."""
+    if only:
+        return [named_run(only, config, launcher)]
+    gpus = visible_gpus()
+    reasons: dict[tuple[str, int], str] = {}
+
+    def device_for(requested: str, world_size: int) -> str:
+        device, reasons[requested, world_size] = device_choice(requested, world_size, gpus)
+        return device
+
+    runs = plan(config, device_for)
+    return [(run, reasons[config.train.device, run.world_size]) for run in runs]
 
 
 def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, only: str | None = None,
               launcher: str = "torchrun") -> list[Path]:
     """Run each configuration (or just `only`) that has no metrics.json yet, resuming from its checkpoint if it has
     one; returns their folders. `force` retrains from scratch. With `launcher="srun"` the ranks are the tasks of
-    the SLURM allocation this runs in, which SLURM sized, so the core check is skipped."""
+    the SLURM allocation this runs in, which SLURM sized, so the core check is skipped. What was asked for is
+    checked (names, GPUs per rank) before anything else, the features are needed only then."""
     layout = RunLayout(config.run_dir)
+    backend_for(config.train.backend)
+    runs = planned_runs(config, only, launcher)
     if not layout.features.index.is_file():
         raise FileNotFoundError(f"{layout.features.index}: no features yet; run `pipeline preprocess CONFIG` first")
-    backend_for(config.train.backend)
-    runs = [TrainingRun.parse(only, config)] if only else plan(config, pick_device)
     features_sha256 = features_digest(config)
     folders = []
-    for run in runs:
+    for run, why in runs:
         paths = layout.training(run.name)
         folders.append(paths.folder)
         wanted = run_fingerprint(config, run, features_sha256)
@@ -64,7 +136,8 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
             shutil.rmtree(paths.checkpoints, ignore_errors=True)
             paths.metrics.unlink(missing_ok=True)
         fingerprint.record(paths.fingerprint, wanted)
-        launch(run, config, config_path, paths.folder, launcher)
+        print(f"train: {run.name} runs on {run.device}: {why}", flush=True)
+        launch(run, config, config_path, paths.folder, launcher, device_reason=why)
     return folders
 
 
@@ -89,15 +162,19 @@ def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str
         worker += ["--restarts", str(restarts)]
     if launcher == "srun":
         # One task per rank across the allocation's nodes; if one task fails, SLURM ends the others.
-        return ["srun", f"--ntasks={run.world_size}", "--kill-on-bad-exit=1", sys.executable, *worker]
+        # Since Slurm 22.05 srun no longer inherits the job's --cpus-per-task: pass it, or ranks get one CPU each.
+        cpus = [f"--cpus-per-task={os.environ['SLURM_CPUS_PER_TASK']}"] if os.environ.get("SLURM_CPUS_PER_TASK") else []
+        return ["srun", f"--ntasks={run.world_size}", *cpus, "--kill-on-bad-exit=1", sys.executable, *worker]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={run.world_size}", *worker]
     raise ValueError(f"--launcher {launcher!r}: expected torchrun or srun")
 
 
-def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path, launcher: str) -> None:
+def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path, launcher: str,
+           device_reason: str | None = None) -> None:
     """Launch one configuration; if a rank dies, launch it again and let it resume from the last checkpoint.
+    `device_reason` (why the run got its device) reaches the ranks' metrics through the environment.
 
     Restarts are done here rather than by torchrun's --max-restarts, which reuses its rendezvous store: in torch 2.11
     a restarted gloo group can read the dead rank's old address from it and fail to connect (pytorch#167288).
@@ -110,6 +187,9 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
     shown = [Path(part).name if part == sys.executable else part for part in command]  # no machine paths in logs
     print(f"train: {run.name}: {' '.join(shown)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank)}
+    env.pop(DEVICE_REASON, None)
+    if device_reason:
+        env[DEVICE_REASON] = device_reason
     attempts = config.train.max_restarts + 1
     for attempt in range(attempts):
         command = launch_command(run, config_path, out, launcher, requeues + attempt)
@@ -124,8 +204,10 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
         if attempt < config.train.max_restarts:
             print(f"train: {run.name} failed (exit {result.returncode}); restarting from its last checkpoint",
                   flush=True)
-    tail = paths.log.read_text()[-3000:]
-    raise RuntimeError(f"train: {run.name} failed (exit {result.returncode}); log {paths.log}:\n{tail}")
+    text = paths.log.read_text()
+    why = distributed.failure_summary(text)  # the failed ranks and their errors, which torchrun's summary omits
+    raise RuntimeError(f"train: {run.name} failed (exit {result.returncode}); log {paths.log}:\n"
+                       + (f"{why}\n--- log tail:\n" if why else "") + text[-3000:])
 
 
 def _raise_if_interrupted(run: TrainingRun, paths: TrainingPaths) -> None:

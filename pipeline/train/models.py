@@ -75,6 +75,19 @@ def build_model(config: TrainConfig, n_classes: int, in_channels: int, n_bins: i
     return FrameLSTM(n_bins, n_classes, dropout=config.dropout)
 
 
+FP32_UNDER_AUTOCAST = {"lstm": "lstm layers in fp32"}
+"""Models with layers that run in fp32 even under bf16 autocast, and what metrics.json says about it."""
+
+
+def precision_of(name: str, autocast: bool) -> str:
+    """What the forward pass of `train.model` really runs in: `fp32`, `bf16` (autocast), or bf16 with the layers
+    that stay in fp32 named, e.g. `bf16 (lstm layers in fp32)`."""
+    if not autocast:
+        return "fp32"
+    exception = FP32_UNDER_AUTOCAST.get(name)
+    return f"bf16 ({exception})" if exception else "bf16"
+
+
 def is_convolutional(name: str) -> bool:
     """Whether `train.model` is a convolutional network, for which the channels-last memory format pays off."""
     return name in ("cnn", "resnet50", "densenet121")
@@ -145,7 +158,12 @@ class FrameLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.squeeze(1).transpose(1, 2)  # [batch, frames, bins]
-        outputs, _ = self.lstm(frames)
+        # Under CUDA autocast cuDNN's RNNs are cast to float16 whatever the autocast dtype
+        # (aten/src/ATen/cudnn/AutocastRNN.cpp): `precision: bf16` would train the LSTM in fp16 without a gradient
+        # scaler. cuDNN takes bf16 RNNs only from 9.13 on, so the LSTM layers run in fp32 under every autocast, and
+        # `precision_of` says so in metrics.json; the head after them still runs under autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            outputs, _ = self.lstm(frames.float())
         return self.head(outputs.mean(dim=1))
 
 

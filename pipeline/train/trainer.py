@@ -1,8 +1,12 @@
 """The training loop of one DDP rank: epochs of timed steps, validation, checkpoints, early stopping, clean stops.
 
-Every rank builds the same `Trainer` and runs `fit()`. The loop checks for a stop signal after each optimizer
-step; on one, all ranks stop at the same step, rank 0 writes the checkpoint, and `fit` returns without final
-metrics.
+Every rank builds the same `Trainer` and runs `fit()`. The loop checks for a stop signal every
+`train.stop_check_every_steps` optimizer steps (the same steps on every rank) and after each epoch; on one, all
+ranks stop at the same step, rank 0 writes the checkpoint, and `fit` returns without final metrics.
+
+The host waits for the device only where it must: the stop-flag check (an all-reduce read on the host), the
+TensorBoard loss every `train.log_every_steps`, checkpoints and the epoch's end. Step timings are read there too
+(`PhaseClock.flush`), never inside the step they time.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pipeline.train.builders import (
 from pipeline.train.checkpoint import Progress
 from pipeline.train.data import build_dataset, read_labels
 from pipeline.train.evaluation import EvalSettings, evaluate
-from pipeline.train.models import describe_init
+from pipeline.train.models import describe_init, precision_of
 from pipeline.train.preemption import StopFlag
 from pipeline.train.timing import PhaseClock, StepTimes
 
@@ -56,7 +60,7 @@ class RunFacts:
     """Rows of one input (feature bins, or image height): the lstm reads one frame of n_bins per time step."""
     channels_last: bool
     precision: str
-    """`bf16` or `fp32`: what the forward pass really runs in."""
+    """What the forward pass really runs in: `fp32`, `bf16`, or bf16 with named exceptions (`precision_of`)."""
     resumed_from: dict | None
     """epoch, batches_done and optimizer_steps of the checkpoint the run resumed from, or None."""
     train_samples: int
@@ -96,6 +100,8 @@ class Trainer:
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps)
         self.autocast = config.precision == "bf16" and device.type == "cuda"
+        self.stop_check_every = every_steps(config.stop_check_every_steps, device)
+        self.log_every = every_steps(config.log_every_steps, device)
         self.eval_settings = EvalSettings(device, config.batch_size, config.loader_workers, self.channels_last,
                                           self.autocast)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -120,8 +126,9 @@ class Trainer:
 
     # Checkpoints
 
-    def state_dict(self) -> dict[str, Any]:
-        return checkpoint.state_dict(self.model, self.optimizer, self.scheduler, self.progress)
+    def state_dict(self, cuda_rng: checkpoint.CudaRngStates | None = None) -> dict[str, Any]:
+        """What a checkpoint holds; `cuda_rng` carries every rank's CUDA generator (`gather_cuda_rng_states`)."""
+        return checkpoint.state_dict(self.model, self.optimizer, self.scheduler, self.progress, cuda_rng)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._start_from(checkpoint.load_state_dict(state, self.model, self.optimizer, self.scheduler))
@@ -136,9 +143,11 @@ class Trainer:
         self.log(f"resumed from {path}: epoch {progress.epoch}, {progress.batches_done} batches done")
 
     def save_checkpoint(self) -> None:
-        """Rank 0 writes the checkpoint; every rank waits for it."""
+        """Rank 0 writes the checkpoint (with every step's timings read); every rank waits for it."""
+        self.clock.flush(self.steps)
+        cuda_rng = checkpoint.gather_cuda_rng_states(self.device, self.backend)  # a collective on cuda ranks
         if self.rank == 0:
-            checkpoint.save(self.paths.checkpoint, self.state_dict())
+            checkpoint.save(self.paths.checkpoint, self.state_dict(cuda_rng))
         self.backend.barrier()
 
     # The loop
@@ -161,8 +170,7 @@ class Trainer:
         totals = torch.zeros(3, device=self.device)  # loss sum, correct, samples
         batches = iter(self.loader)
         while progress.batches_done < self.steps_per_epoch * config.grad_accumulation:
-            self.train_step(batches, totals, epoch)
-            self.stop_signal = self.stop.agreed(self.backend, self.device)
+            self.stop_signal = self.step_and_check(batches, totals, epoch)
             if self.stop_signal is not None:
                 break
             if config.checkpoint_every_steps and progress.optimizer_steps % config.checkpoint_every_steps == 0:
@@ -174,34 +182,45 @@ class Trainer:
             return
         self.end_epoch(epoch, totals, epoch_start)
 
+    def step_and_check(self, batches: Iterator, totals: torch.Tensor, epoch: int) -> int | None:
+        """`train_step`, then, every `stop_check_every` optimizer steps, the stop signal all ranks agree on (and the
+        pending step timings read); None when training goes on."""
+        self.train_step(batches, totals, epoch)
+        if self.progress.optimizer_steps % self.stop_check_every:
+            return None
+        stop_signal = self.stop.agreed(self.backend, self.device)
+        self.clock.flush(self.steps)  # the host has just waited for the device: reading is free
+        return stop_signal
+
     def train_step(self, batches: Iterator, totals: torch.Tensor, epoch: int) -> None:
         """One optimizer step: `grad_accumulation` micro-batches forward and backward, then the update, each phase
-        timed; adds the micro-batches' loss sum, correct predictions and samples to `totals`."""
-        clock, accumulation = self.clock, self.config.grad_accumulation
+        marked (read later, `PhaseClock.flush`); adds the micro-batches' loss sum, correct predictions and samples to
+        `totals`. Nothing here waits for the device unless the TensorBoard loss is due."""
+        clock, accumulation, progress = self.clock, self.config.grad_accumulation, self.progress
         step_start = clock.mark()
-        data_s = forward_backward_s = 0.0
+        data, forward_backward = [], []
         for micro in range(accumulation):
             fetch = clock.mark()
             xb, yb = self.next_batch(batches)
             computed = clock.mark()
             loss, logits = self.forward_backward_step(xb, yb, sync=micro == accumulation - 1)
             backward_done = clock.mark()
-            data_s += clock.seconds(fetch, computed)
-            forward_backward_s += clock.seconds(computed, backward_done)
+            data.append((fetch, computed))
+            forward_backward.append((computed, backward_done))
+            # torch.full, not torch.tensor: a host-to-device copy of a Python number would wait for the device
             totals += torch.stack([loss.detach() * len(yb), (logits.argmax(1) == yb).sum().float(),
-                                   torch.tensor(float(len(yb)), device=self.device)])
-            self.progress.batches_done += 1
+                                   torch.full((), float(len(yb)), device=self.device)])
+            progress.batches_done += 1
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.progress.optimizer_steps += 1
+        progress.optimizer_steps += 1
         step_end = clock.mark()
-        self.steps.add(epoch, data_s=data_s, forward_backward_s=forward_backward_s,
-                       optimizer_s=clock.seconds(backward_done, step_end),
-                       allreduce_s=self.backend.allreduce_clock.take(), step_s=clock.seconds(step_start, step_end))
-        if self.tensorboard is not None:
-            self.tensorboard.add_scalar("train/loss", loss.item(), self.progress.optimizer_steps)
-            self.tensorboard.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.optimizer_steps)
+        clock.add(epoch, data_s=data, forward_backward_s=forward_backward, optimizer_s=[(backward_done, step_end)],
+                  allreduce_s=self.backend.allreduce_clock.take_spans(), step_s=[(step_start, step_end)])
+        if self.tensorboard is not None and progress.optimizer_steps % self.log_every == 0:
+            self.tensorboard.add_scalar("train/loss", loss.item(), progress.optimizer_steps)
+            self.tensorboard.add_scalar("train/lr", self.scheduler.get_last_lr()[0], progress.optimizer_steps)
 
     def next_batch(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor]:
         """The next training batch on the device, in the model's memory format."""
@@ -264,8 +283,20 @@ class Trainer:
     def facts(self) -> RunFacts:
         return RunFacts(lr_effective=self.lr, steps_per_epoch=self.steps_per_epoch, warmup_steps=self.warmup_steps,
                         init=describe_init(self.config), in_channels=self.in_channels, n_bins=self.n_bins,
-                        channels_last=self.channels_last, precision="bf16" if self.autocast else "fp32",
+                        channels_last=self.channels_last, precision=precision_of(self.config.model, self.autocast),
                         resumed_from=self.resumed_from, train_samples=len(self.train_set))
+
+
+GPU_EVERY_STEPS = 10
+"""Default cadence of the stop-flag check and the TensorBoard loss on GPU ranks, where each costs a host sync."""
+
+
+def every_steps(configured: int | None, device: torch.device) -> int:
+    """`train.stop_check_every_steps` / `train.log_every_steps`: as configured, or by default every step on CPU
+    ranks (the host is the device: nothing to wait for) and every `GPU_EVERY_STEPS` on GPU ranks."""
+    if configured is not None:
+        return configured
+    return GPU_EVERY_STEPS if device.type == "cuda" else 1
 
 
 def _track_early_stopping(progress: Progress, record: dict, config: TrainConfig) -> None:

@@ -94,3 +94,32 @@ def test_configurations_from_other_code_or_machines_are_named_in_the_notes(tmp_p
 
     record(tmp_path, "ws2-cpu-bs32", metrics(2, 150.0, 0.42, 0.12, code=code))
     assert "not all measured" not in write_report(tmp_path).read_text()
+
+
+def test_a_sweep_on_two_devices_names_the_gpu_and_each_device_is_its_own_baseline(tmp_path):
+    """`train.device: auto` on a 1-GPU machine: ws1 on the GPU, ws2 on the CPU. The CPU row sorts first, yet the
+    hardware line names the GPU, and the notes say which device each got and why."""
+    gpu = {"gpu_model": "NVIDIA H200", "cuda": "13.0", "gpu_count": 1}
+    record(tmp_path, "ws1-cuda-bs32", metrics(1, 900.0, 0.03, 0.0, device="cuda", **gpu,
+                                              device_reason="train.device auto and a GPU per rank (1 rank, this "
+                                                            "machine has 1)"))
+    record(tmp_path, "ws1-cpu-bs32", metrics(1, 100.0, 0.32, 0.01))  # an older run: no device_reason recorded
+    record(tmp_path, "ws2-cpu-bs32", metrics(2, 150.0, 0.42, 0.12,
+                                             device_reason="train.device auto and 2 ranks need 2 GPUs, this machine "
+                                                           "has 1"))
+    report = write_report(tmp_path).read_text()
+    assert "2 CPU cores available, GPU NVIDIA H200. Versions:" in report
+    assert ("These configurations did not all run on the same device: ws1-cpu-bs32, ws2-cpu-bs32 on cpu "
+            "(train.device auto and 2 ranks need 2 GPUs, this machine has 1); ws1-cuda-bs32 on cuda (train.device "
+            "auto and a GPU per rank (1 rank, this machine has 1)). Each device is its own speedup baseline") in report
+    with open(tmp_path / "scaling.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(rows["ws1-cuda-bs32"]["speedup"]) == 1.0 and float(rows["ws2-cpu-bs32"]["speedup"]) == 1.5
+
+
+def test_one_device_has_no_mixed_device_note_and_a_cpu_run_names_no_gpu(tmp_path):
+    record(tmp_path, "ws1-cpu-bs32", metrics(1, 100.0, 0.32, 0.01, device_reason="train.device cpu"))
+    report = write_report(tmp_path).read_text()
+    assert "did not all run on the same device" not in report and ", GPU " not in report
+    assert "peak reserved by the CUDA allocator on GPU" in (tmp_path / "scaling.json").read_text()
+    assert "torch.cuda.max_memory_reserved" in report

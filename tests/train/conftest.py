@@ -26,14 +26,15 @@ def features(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Path
 
 
 def experiment(tmp_path: Path, features: Path, **train: object) -> Path:
-    """A config whose run folder is a private copy of the prepared features (and their preprocessing settings)."""
+    """A config whose run folder is a private copy of the prepared features (and their preprocessing settings); it
+    trains on the CPU (train.device: cpu) on any machine."""
     run_dir = tmp_path / "run"
     if not run_dir.exists():
         shutil.copytree(features, run_dir, ignore=shutil.ignore_patterns("configs"))
     made_with = yaml.safe_load((features / "config.yaml").read_text())
     config = {"name": "engine", "run_dir": str(run_dir), "data": made_with["data"],
               "preprocess": made_with["preprocess"],
-              "train": {"epochs": 2, "batch_size": 4, "world_sizes": [2], "seed": 3, **train}}
+              "train": {"epochs": 2, "batch_size": 4, "world_sizes": [2], "seed": 3, "device": "cpu", **train}}
     path = tmp_path / "engine.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

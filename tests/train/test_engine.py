@@ -28,7 +28,7 @@ def pipeline(*args: str) -> subprocess.CompletedProcess:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "model.pt", weights_only=False)["model"]
+    return torch.load(folder / "model.pt", map_location="cpu", weights_only=False)["model"]
 
 
 def metrics(folder: Path) -> dict:

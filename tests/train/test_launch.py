@@ -1,15 +1,20 @@
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.config import load_config
 from pipeline.preprocess.run import preprocess
 from pipeline.stages import data_stage
 from pipeline.sweep import TrainingRun, plan, split_repeat
+from pipeline.train import launch as launch_module
 from pipeline.train.distributed import from_environment, master_port_for
-from pipeline.train.environment import available_cores
-from pipeline.train.launch import launch_command, pick_device, train_all
+from pipeline.train.environment import DEVICE_REASON, available_cores, describe_environment, visible_gpus
+from pipeline.train.launch import device_choice, launch_command, named_run, pick_device, train_all
 from tests.conftest import tiny_experiment
 
 
@@ -27,8 +32,76 @@ def test_configurations_beyond_the_cores_are_skipped_with_a_reason(tmp_path, spe
 
 
 def test_auto_device_is_cpu_without_gpus():
-    assert pick_device("auto", 1) == "cpu"
-    assert pick_device("cpu", 4) == "cpu"
+    # Against an explicit GPU count, so it holds on any machine (the default counts this machine's GPUs).
+    assert pick_device("auto", 1, gpus=0) == "cpu"
+    assert pick_device("cpu", 4, gpus=0) == "cpu"
+    assert pick_device("cpu", 1, gpus=8) == "cpu"
+    assert pick_device("auto", 1) == ("cuda" if visible_gpus() >= 1 else "cpu")
+
+
+def test_auto_device_takes_a_gpu_per_rank_and_says_why_a_run_got_its_device():
+    assert device_choice("auto", 1, gpus=1) == ("cuda", "train.device auto and a GPU per rank (1 rank, this "
+                                                        "machine has 1)")
+    assert device_choice("auto", 2, gpus=1) == ("cpu", "train.device auto and 2 ranks need 2 GPUs, this machine "
+                                                       "has 1")
+    assert device_choice("cpu", 2, gpus=1) == ("cpu", "train.device cpu")
+    assert device_choice("cuda", 2, gpus=4)[0] == "cuda"
+    with pytest.raises(RuntimeError, match="train.device: cuda asked for 2 GPUs, this machine has 1"):
+        pick_device("cuda", 2, gpus=1)
+
+
+def test_a_named_cuda_configuration_needs_a_gpu_per_rank_before_anything_starts(tmp_path):
+    """`--configuration ws<N>-cuda-...` with fewer GPUs than ranks: exit 2 naming what to do, before the features
+    are even looked at (there are none here) and before any rank starts (NCCL refuses ranks sharing a GPU)."""
+    ranks = max(2, visible_gpus() + 1)  # more ranks than this machine has GPUs, whatever it has
+    config = tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [1, ranks]})
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", str(config), "--configuration",
+                             f"ws{ranks}-cuda-bs8"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (f"--configuration ws{ranks}-cuda-bs8: {ranks} cuda ranks need {ranks} GPUs, this machine has "
+            f"{visible_gpus()}") in result.stderr
+    assert "--launcher srun" in result.stderr and f"--configuration ws{ranks}-cpu-bs8" in result.stderr
+    assert "no features yet" not in result.stderr and not (tmp_path / "run" / "configs").exists()
+    assert time.monotonic() - started < 60
+    loaded = load_config(config)
+    with pytest.raises(ValueError, match="2 cuda ranks need 2 GPUs, this machine has 1 .*ranks sharing a GPU.* "
+                                         "at most 1 rank"):
+        named_run("ws2-cuda-bs8", load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [2]})),
+                  "torchrun", gpus=1)
+    run, why = named_run(f"ws{ranks}-cpu-bs8", loaded, "torchrun", gpus=0)
+    assert (run.device, why) == ("cpu", f"--configuration ws{ranks}-cpu-bs8 names cpu")
+    assert named_run("ws1-cuda-bs8", loaded, "torchrun", gpus=1)[0].device == "cuda"
+
+
+def test_under_srun_a_named_cuda_configuration_is_checked_against_the_allocations_gpus(tmp_path):
+    config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [4]}))
+    job = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2"}
+    with pytest.raises(ValueError, match="2 cuda ranks per node need 2 GPUs per node, the SLURM allocation gives 1"):
+        named_run("ws4-cuda-bs8", config, "srun", environ={**job, "SLURM_GPUS_ON_NODE": "1"})
+    run, why = named_run("ws4-cuda-bs8", config, "srun", gpus=0, environ={**job, "SLURM_GPUS_ON_NODE": "2"})
+    assert run.device == "cuda" and "2 rank(s) per node on the 2 GPU(s) per node" in why
+    # SLURM does not say how many GPUs a node has: the allocation is SLURM's business, nothing is refused here
+    assert named_run("ws4-cuda-bs8", config, "srun", gpus=0, environ=job)[0].device == "cuda"
+
+
+def test_the_device_reason_reaches_the_ranks_through_the_environment(tmp_path, monkeypatch):
+    config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [1], "max_restarts": 0}))
+    (run,) = plan(config, pick_device)
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen.update(env)
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(launch_module.subprocess, "run", fake_run)
+    monkeypatch.setenv(DEVICE_REASON, "left over from an outer run")
+    with pytest.raises(RuntimeError, match="failed"):
+        launch_module.launch(run, config, tmp_path / "c.yaml", tmp_path / "out", "torchrun",
+                             device_reason="train.device cpu")
+    assert seen[DEVICE_REASON] == "train.device cpu"
+    monkeypatch.setenv(DEVICE_REASON, "train.device cpu")
+    assert describe_environment(torch.device("cpu"), 1, 1)["device_reason"] == "train.device cpu"
 
 
 def test_the_sweep_crosses_world_sizes_and_batch_sizes_and_names_parse_back(tmp_path, speech_dir):
