@@ -199,7 +199,7 @@ def busy_record(before: tuple, after: tuple, wall: float) -> dict:
 
 def hardware(device: str) -> dict:
     record = describe_environment(torch.device(device), torch.get_num_threads(), 1)
-    for key in ("launcher", "oversubscribed", "device_reason", "threads_per_rank"):
+    for key in ("launcher", "oversubscribed", "threads_per_rank"):
         record.pop(key, None)
     record.update({"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pipeline.io import atomic_write_json
+from pipeline.sweep import TrainingRun
 
 R = TypeVar("R", bound="Record")
+
+PHASES = ("data_s", "forward_backward_s", "optimizer_s", "allreduce_s", "step_s")
+"""The timed phases of a training step: the columns of steps.csv, and `mean_<phase>` in TrainingMetrics."""
 
 
 class Record:
@@ -190,7 +194,7 @@ class TrainingMetrics(Record):
     @property
     def configuration(self) -> str:
         """The configuration this run is a repeat of (what the report groups on)."""
-        return f"ws{self.world_size}-{self.device}-bs{self.batch_size_per_rank}"
+        return TrainingRun(self.world_size, self.device, self.batch_size_per_rank).configuration
 
 
 @dataclass

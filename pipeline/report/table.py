@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pipeline import records
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.layout import RunLayout
 from pipeline.records import Skipped, TrainingMetrics
 from pipeline.report.aggregate import configuration_of
 
-PHASES = ("mean_data_s", "mean_forward_backward_s", "mean_optimizer_s", "mean_allreduce_s", "mean_step_s")
-"""The TrainingMetrics fields of the step's phases, in the order of pipeline.train.timing.PHASES (not imported:
-it needs torch, which the report does without); each becomes a `_ms` column."""
+PHASES = tuple(f"mean_{phase}" for phase in records.PHASES)
+"""The TrainingMetrics fields of the step's phases (`records.PHASES`); each becomes a `_ms` column."""
 
 # (key, short header, meaning): the columns of scaling.csv / scaling.json and of the report's table.
 COLUMNS = [

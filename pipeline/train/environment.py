@@ -27,11 +27,6 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-DEVICE_REASON = "PIPELINE_DEVICE_REASON"
-"""Environment variable through which the launcher tells the ranks why their run got its device (recorded in
-metrics.json as `device_reason`)."""
-
-
 def visible_gpus() -> int:
     """GPUs this process can see (CUDA_VISIBLE_DEVICES narrows them); 0 without CUDA. Counting does not create a
     CUDA context."""
@@ -60,7 +55,6 @@ def describe_environment(device: torch.device, threads_per_rank: int, world_size
         # something else shared the cores while this was measured.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "versions": versions(),
-        "device_reason": os.environ.get(DEVICE_REASON) or None,
     }
     if device.type == "cuda":
         record["gpu_model"] = torch.cuda.get_device_name(device)

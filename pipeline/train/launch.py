@@ -16,7 +16,7 @@ from pipeline.records import Interrupted, Skipped
 from pipeline.sweep import TrainingRun, plan
 from pipeline.train import distributed
 from pipeline.train.backend import backend_for
-from pipeline.train.environment import DEVICE_REASON, available_cores, visible_gpus
+from pipeline.train.environment import available_cores, visible_gpus
 from pipeline.train.interrupt import TrainingInterrupted
 from pipeline.train.reuse import check_reuse, features_digest, run_fingerprint
 
@@ -151,15 +151,18 @@ def oversubscribed(run: TrainingRun, config: ExperimentConfig, launcher: str) ->
     return None
 
 
-def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str, restarts: int = 0) -> list[str]:
-    """The command that starts the ranks of `run`; `restarts` is how often the run was started before (recorded in
-    its metrics)."""
+def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str, restarts: int = 0,
+                   device_reason: str | None = None) -> list[str]:
+    """The command that starts the ranks of `run`; `restarts` is how often the run was started before and
+    `device_reason` why it got its device (both recorded in its metrics)."""
     worker = ["-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out), "--device", run.device,
               "--batch-size", str(run.batch_size), "--resume"]
     if run.repeat:
         worker += ["--repeat", str(run.repeat)]
     if restarts:
         worker += ["--restarts", str(restarts)]
+    if device_reason:
+        worker += ["--device-reason", device_reason]
     if launcher == "srun":
         # One task per rank across the allocation's nodes; if one task fails, SLURM ends the others.
         # Since Slurm 22.05 srun no longer inherits the job's --cpus-per-task: pass it, or ranks get one CPU each.
@@ -174,7 +177,7 @@ def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str
 def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: Path, launcher: str,
            device_reason: str | None = None) -> None:
     """Launch one configuration; if a rank dies, launch it again and let it resume from the last checkpoint.
-    `device_reason` (why the run got its device) reaches the ranks' metrics through the environment.
+    `device_reason` (why the run got its device) reaches the ranks' metrics as a worker argument.
 
     Restarts are done here rather than by torchrun's --max-restarts, which reuses its rendezvous store: in torch 2.11
     a restarted gloo group can read the dead rank's old address from it and fail to connect (pytorch#167288).
@@ -183,16 +186,13 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
     paths = TrainingPaths(out)
     out.mkdir(parents=True, exist_ok=True)
     requeues = int(os.environ.get("SLURM_RESTART_COUNT", 0))
-    command = launch_command(run, config_path, out, launcher, requeues)
+    command = launch_command(run, config_path, out, launcher, requeues, device_reason)
     shown = [Path(part).name if part == sys.executable else part for part in command]  # no machine paths in logs
     print(f"train: {run.name}: {' '.join(shown)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads_per_rank)}
-    env.pop(DEVICE_REASON, None)
-    if device_reason:
-        env[DEVICE_REASON] = device_reason
     attempts = config.train.max_restarts + 1
     for attempt in range(attempts):
-        command = launch_command(run, config_path, out, launcher, requeues + attempt)
+        command = launch_command(run, config_path, out, launcher, requeues + attempt, device_reason)
         with open(paths.log, "a") as log:
             log.write(f"--- {run.name}, attempt {attempt + 1} of {attempts}"
                       + (f" (SLURM start {requeues + 1})" if requeues else "") + "\n")

@@ -32,11 +32,13 @@ class RunEnd:
     peak_memory: int
     """Peak memory, max over ranks."""
     restarts: int
+    device_reason: str | None
+    """Why the launcher gave the run its device."""
     wall_s: float
 
 
 def finish(experiment: ExperimentConfig, trainer: Trainer, outcome: Outcome, paths: TrainingPaths,
-           env: DistributedEnv, repeat: int, restarts: int, wall_s: float) -> None:
+           env: DistributedEnv, repeat: int, restarts: int, device_reason: str | None, wall_s: float) -> None:
     """Test-set evaluation on all ranks; rank 0 writes the outputs."""
     test = trainer.test()
     divergence = ranks_in_sync(outcome.model, trainer.backend)
@@ -44,7 +46,7 @@ def finish(experiment: ExperimentConfig, trainer: Trainer, outcome: Outcome, pat
     trainer.backend.all_reduce(peak, op="max")
     if env.rank != 0:
         return
-    end = RunEnd(outcome, test, divergence, int(peak.item()), restarts, wall_s)
+    end = RunEnd(outcome, test, divergence, int(peak.item()), restarts, device_reason, wall_s)
     config = experiment.train
     write_outputs(paths, end, trainer.labels, config)
     training_metrics(end, config, trainer.labels, trainer.device, env, repeat).write(paths.metrics)
@@ -107,6 +109,7 @@ def training_metrics(end: RunEnd, config: TrainConfig, labels: list[str], device
         test_loss=test["loss"], test_confusion=test["confusion"], test_per_class=test["per_class"],
         resumed_from=facts.resumed_from, rank_max_param_difference=end.divergence, restarts=end.restarts,
         train_wall_s=end.wall_s, labels=labels, history=history,
+        device_reason=end.device_reason,
         **{**describe_environment(device, config.threads_per_rank, world), "launcher": env.launcher},
         code=code_version())
 

@@ -27,8 +27,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.io import atomic_write_csv
-
-PHASES = ("data_s", "forward_backward_s", "optimizer_s", "allreduce_s", "step_s")
+from pipeline.records import PHASES
 
 Mark = Union[float, "torch.cuda.Event"]
 Span = tuple[Mark, Mark]

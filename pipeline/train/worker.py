@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="repeat k of train.repeats, trained with seed train.seed + k - 1 (0: no repeats)")
     parser.add_argument("--restarts", type=int, default=0,
                         help="times the launcher (or SLURM's requeue) started this run before; recorded in metrics")
+    parser.add_argument("--device-reason", help="why the launcher gave this run its device; recorded in metrics")
     return parser.parse_args(argv)
 
 
@@ -108,7 +109,7 @@ def run(experiment: ExperimentConfig, args: argparse.Namespace, paths: TrainingP
             _record_interruption(paths, outcome, experiment.slurm.requeue_by if requeue else None)
         return
     finish(experiment, trainer, outcome, paths, rank.env, repeat=args.repeat, restarts=args.restarts,
-           wall_s=time.perf_counter() - started)
+           device_reason=args.device_reason, wall_s=time.perf_counter() - started)
     if tensorboard is not None:
         tensorboard.close()
 

@@ -62,7 +62,7 @@ def test_one_skipped_note_per_configuration():
 
 
 def test_the_phase_columns_are_the_timing_phases_of_the_record():
-    """table.PHASES stands in for pipeline.train.timing.PHASES, which the report cannot import without torch."""
+    """table.PHASES are the metrics fields of the phases pipeline.train.timing times."""
     from pipeline.train.timing import PHASES as TIMING_PHASES
 
     assert tuple(f"mean_{phase}" for phase in TIMING_PHASES) == PHASES

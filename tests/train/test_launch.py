@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.config import load_config
 from pipeline.preprocess.run import preprocess
@@ -13,7 +12,7 @@ from pipeline.stages import data_stage
 from pipeline.sweep import TrainingRun, plan, split_repeat
 from pipeline.train import launch as launch_module
 from pipeline.train.distributed import from_environment, master_port_for
-from pipeline.train.environment import DEVICE_REASON, available_cores, describe_environment, visible_gpus
+from pipeline.train.environment import available_cores, visible_gpus
 from pipeline.train.launch import device_choice, launch_command, named_run, pick_device, train_all
 from tests.conftest import tiny_experiment
 
@@ -85,23 +84,22 @@ def test_under_srun_a_named_cuda_configuration_is_checked_against_the_allocation
     assert named_run("ws4-cuda-bs8", config, "srun", gpus=0, environ=job)[0].device == "cuda"
 
 
-def test_the_device_reason_reaches_the_ranks_through_the_environment(tmp_path, monkeypatch):
+def test_the_device_reason_reaches_the_ranks_as_a_worker_argument(tmp_path, monkeypatch):
     config = load_config(tiny_experiment(tmp_path, tmp_path, train={"world_sizes": [1], "max_restarts": 0}))
     (run,) = plan(config, pick_device)
-    seen = {}
+    seen = []
 
     def fake_run(command, env, **kwargs):
-        seen.update(env)
+        seen.append(command)
         return subprocess.CompletedProcess(command, 1)
 
     monkeypatch.setattr(launch_module.subprocess, "run", fake_run)
-    monkeypatch.setenv(DEVICE_REASON, "left over from an outer run")
     with pytest.raises(RuntimeError, match="failed"):
         launch_module.launch(run, config, tmp_path / "c.yaml", tmp_path / "out", "torchrun",
                              device_reason="train.device cpu")
-    assert seen[DEVICE_REASON] == "train.device cpu"
-    monkeypatch.setenv(DEVICE_REASON, "train.device cpu")
-    assert describe_environment(torch.device("cpu"), 1, 1)["device_reason"] == "train.device cpu"
+    (command,) = seen
+    assert command[command.index("--device-reason") + 1] == "train.device cpu"
+    assert "--device-reason" not in launch_command(run, tmp_path / "c.yaml", tmp_path / "out", "torchrun")
 
 
 def test_the_sweep_crosses_world_sizes_and_batch_sizes_and_names_parse_back(tmp_path, speech_dir):
