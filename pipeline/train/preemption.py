@@ -29,12 +29,9 @@ REQUEUE_SIGNALS = {"USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2}
 class StopFlag:
     """Records the first stop signal received by this process."""
 
-    REQUEUE_SIGNAL = signal.SIGUSR1
-    """The default requeue signal (`slurm.signal: USR1`)."""
-
-    def __init__(self, requeue_signal: int = signal.SIGUSR1) -> None:
+    def __init__(self) -> None:
         self.signal: int | None = None
-        self.requeue_signal = requeue_signal
+        self.requeue_signal = signal.SIGUSR1
         """SLURM's advance warning before the time limit (`slurm.signal`): the job requeues. The other stop
         signals only checkpoint."""
 
