@@ -156,13 +156,24 @@ def folder_stats(root: Path) -> dict:
 
 
 def image_shapes(root: Path) -> dict:
-    """Size and mode of one image of each kind under `root` (read after the run)."""
+    """Size and mode of one image of each kind under `root` (read after the run), in files or in the pipeline's
+    tar shards (`images/<feature>/shard-NNNNN.tar`)."""
+    import io
+
     from PIL import Image
+
+    from pipeline.preprocess.image_shards import member_table, read_member
 
     shapes = {}
     for path in sorted(Path(root).rglob("*")):
-        if path.suffix in (".png", ".jpg") and path.parent.name != "gallery":
-            parts = path.relative_to(root).parts
+        parts = path.relative_to(root).parts
+        if path.suffix == ".tar":
+            member = next((m for m in member_table(path) if m.endswith((".png", ".jpg"))), None)
+            if member is not None:
+                key = "/".join(parts[:2]) + f"/*.tar/*{Path(member).suffix}"
+                with Image.open(io.BytesIO(read_member(path, member))) as image:
+                    shapes.setdefault(key, {"size": list(image.size), "mode": image.mode})
+        elif path.suffix in (".png", ".jpg") and path.parent.name != "gallery":
             key = "/".join(parts[:2] if parts[0] == "images" else parts[:1]) + f"/*{path.suffix}"
             if key not in shapes:
                 with Image.open(path) as image:

@@ -5,8 +5,8 @@ Issue target: real / synthetic >= 0.95, i.e. the input pipeline costs at most 5%
 What it measures, in one process (world size 1, `torch.set_num_threads(--threads)`, CPU):
 
 - real: training steps that read the demo's training split through the same Dataset and DataLoader the trainer
-  builds (`build_dataset(run_dir, input, "logmel", "train")`, batch 32, the trainer's shuffling DistributedSampler
-  with one replica, drop_last, `num_workers` as given, persistent workers: `pipeline.train.builders.build_loader`),
+  builds (`build_dataset(run_dir, input, "logmel", "train")`, batch 32, the trainer's shard-grouped shuffling
+  `ShardSampler` with one replica, `num_workers` as given, persistent workers: `pipeline.train.builders.build_loader`),
   one endless iterator over epochs as in the trainer (epoch boundaries, and their iterator restarts, fall inside the
   timed steps);
 - synthetic: the same number of steps on one random batch of the same shape already in memory (no loader);
@@ -24,9 +24,9 @@ arm; it gives samples/s per arm and one ratio real/synthetic, and the JSON has m
 `--repeats` repeats. Alongside, the loader alone (no model) is timed for a few
 batches, to show how much headroom the input pipeline has.
 
-Rows: `input: features` (the fast path: the whole split loaded into memory once, then indexed per batch) with
-`--feature-loader-workers`, and `input: images` (the seeds' path: one PNG decoded per sample) with each of
-`--loader-workers`. Writes results/benchmarks/train_data_stall.json (see `--out`).
+Rows: `input: features` (the fast path: each sample one read of its row from the `.npy` shard, through the page
+cache) with `--feature-loader-workers`, and `input: images` (the seeds' path: one PNG read from its tar shard and
+decoded per sample) with each of `--loader-workers`. Writes results/benchmarks/train_data_stall.json (see `--out`).
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import TrainConfig
 from pipeline.io import atomic_write_json
-from pipeline.train.builders import ResumableSampler, build_loader, build_network, build_optimizer
+from pipeline.train.builders import build_loader, build_network, build_optimizer
 from pipeline.train.data import build_dataset, read_labels
 from pipeline.train.environment import available_cores
 from pipeline.train.models import is_convolutional
+from pipeline.train.sampling import ShardSampler
 
 TARGET = 0.95
 ARMS = ("real", "synthetic", "cached")
@@ -114,7 +115,7 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def endless(loader: DataLoader, sampler: ResumableSampler):
+def endless(loader: DataLoader, sampler: ShardSampler):
     """Batches over successive epochs, as the trainer iterates them (set_epoch, then a fresh pass)."""
     for epoch in itertools.count():
         sampler.set_epoch(epoch)
@@ -298,15 +299,15 @@ def notes_for(rows: list[dict], meter: dict) -> list[str]:
     features = [row for row in rows if row["input"] == "features"]
     if features:
         notes.append(
-            "The features path does not read shards per step: build_dataset memory-maps the shards once, gathers and "
-            "normalises the whole split into one float32 tensor (dataset_build_s), and each batch is then 32 index "
-            "lookups plus a stack. So its ratio measures the DataLoader's collate and the channels-last copy; on a "
-            "model this slow per sample on one CPU thread it is close to 1 almost by construction, while a GPU step is "
+            "The features path reads each sample from its shard when the loader asks for it (one pread of its "
+            "row of the float16 .npy through the page cache, then per-bin standardisation), so its ratio measures "
+            "that read, the DataLoader's collate and the channels-last copy. On a model this slow per sample on one "
+            "CPU thread it is close to 1 almost by construction, while a GPU step is "
             "far shorter, so the same loader cost would be a larger share there.")
     images = {row["loader_workers"]: row for row in rows if row["input"] == "images"}
     if images:
-        text = ("The images path (the seeds' path) decodes one PNG per sample with Pillow, converts it to RGB float "
-                "and normalises it. ")
+        text = ("The images path (the seeds' path) reads one PNG per sample from its tar shard, decodes it with "
+                "Pillow, converts it to RGB float and normalises it. ")
         inline = images.get(0)
         if inline:
             text += (f"With 0 workers the decode runs inline: {inline['real_data_ms_per_step']['mean']:.0f} ms per "

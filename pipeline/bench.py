@@ -144,10 +144,10 @@ def bench_features(s: Settings, sync: Callable[[], None]) -> dict:
 def loader_dataset(s: Settings, features: Path | None) -> tuple[torch.utils.data.Dataset, str]:
     """The train split of a preprocessed run folder, or synthetic log-mel-sized samples."""
     if features is not None:
-        from pipeline.train.data import load_split
+        from pipeline.train.data import build_dataset
 
-        x, y, _ = load_split(features, "logmel", "train")
-        return torch.utils.data.TensorDataset(x, y), f"the logmel train split of {features} ({len(y)} samples)"
+        dataset, _ = build_dataset(features, "features", "logmel", "train")
+        return dataset, f"the logmel train split of {features} ({len(dataset)} samples, read from its shards)"
     x = torch.randn(s.loader_samples, 1, 64, 301)
     y = torch.randint(0, CLASSES, (s.loader_samples,))
     return torch.utils.data.TensorDataset(x, y), f"synthetic {s.loader_samples} samples of 1x64x301 (3 s log-mel)"

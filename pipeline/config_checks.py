@@ -89,6 +89,7 @@ def _train_ranges(train: TrainConfig) -> dict[str, bool]:
         "train.warmup_epochs": train.warmup_epochs >= 0,
         "train.grad_accumulation": train.grad_accumulation >= 1,
         "train.loader_workers": train.loader_workers >= 0,
+        "train.shuffle_window": train.shuffle_window >= 1,
         "train.checkpoint_every_steps": train.checkpoint_every_steps >= 0,
         "train.stop_check_every_steps": train.stop_check_every_steps is None or train.stop_check_every_steps >= 1,
         "train.log_every_steps": train.log_every_steps is None or train.log_every_steps >= 1,

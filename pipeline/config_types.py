@@ -101,7 +101,13 @@ class PreprocessConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where features are computed: `auto` uses a GPU when the worker sees one."""
     images: bool = True
-    """Write spectrogram images per chunk under images/<feature>/<split>/<label>/."""
+    """Write a spectrogram image per chunk and image feature under images/<feature>/ (see `image_layout`)."""
+    image_layout: Literal["shards", "files"] = "shards"
+    """`shards`: each task writes one tar per image feature, `images/<feature>/shard-NNNNN.tar`, in WebDataset's
+    layout (`<key>.png` + `<key>.json` per chunk): files grow with shards, not chunks, which is what cluster file
+    systems need (1,000 h of audio in one file per chunk is over a million files), and a tar is read sequentially
+    and opened by `tar` or `webdataset`. `files`: one file per chunk under images/<feature>/<split>/<label>/, the
+    export for people who want to open images one by one."""
     image_features: list[Literal["logmel", "mfcc"]] = field(default_factory=lambda: ["logmel"])
     """Which features get images (seed 000 drew mel spectrograms, seed 001 MFCCs)."""
     image_size: int = 128
@@ -166,6 +172,10 @@ class TrainConfig:
     """Use the channels-last memory format for convolutional models (faster convolutions on GPUs)."""
     loader_workers: int = 0
     """DataLoader worker processes per rank (persistent); 0 loads in the training process."""
+    shuffle_window: int = 16384
+    """Training chunks shuffled together: each epoch shuffles the shard order, groups whole shards until a group
+    holds this many chunks, and shuffles within the group, so reads stay in a few shards at a time (the whole split
+    when it is smaller). Larger mixes more; the page cache, not the ranks' memory, holds the group."""
     checkpoint_every_steps: int = 0
     """Also checkpoint every N optimizer steps (0: only at the end of each epoch)."""
     stop_check_every_steps: int | None = None

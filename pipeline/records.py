@@ -251,6 +251,17 @@ class PreprocessSummary(Record):
     runs: list[PreprocessRun] = field(default_factory=list)
     tasks_without_record: int = 0
     """Tasks done by runs that stopped before writing a summary: their time is unknown."""
+    # What a cluster file system holds, measured on disk after the run (None: a summary of an older version)
+    files_written: int | None = None
+    """Files preprocessing made in the run folder: features (shards, index, ...), images, gallery, chunk wavs."""
+    files_per_1000_chunks: float | None = None
+    """files_written per 1,000 chunks: about 1,000 more with one image file per chunk than with image shards."""
+    feature_shard_bytes: dict[str, int] | None = None
+    """{"mean", "max"} bytes of a feature shard folder (shard-NNNNN/)."""
+    image_shard_bytes: dict[str, int] | None = None
+    """{"mean", "max"} bytes of an image tar (images/<feature>/shard-NNNNN.tar); None without image shards."""
+    image_layout: str = "files"
+    """`shards` or `files` (preprocess.image_layout), `none` without images; older versions wrote files."""
 
 
 def field_names(cls: type) -> list[str]:

@@ -62,6 +62,14 @@ def test_choice_and_list_items_are_checked(tmp_path):
         load_config(write(tmp_path, "train:\n  world_sizes: [1, two]\n"))
 
 
+def test_image_layout_defaults_to_shards_and_takes_files_only(tmp_path):
+    assert load_config(write(tmp_path, "name: x\n")).preprocess.image_layout == "shards"
+    assert load_config(write(tmp_path, "preprocess:\n  image_layout: files\n")).preprocess.image_layout == "files"
+    with pytest.raises(ConfigError, match=r"exp\.yaml: 'preprocess\.image_layout' must be one of 'shards', 'files', "
+                                          r"got 'tar'"):
+        load_config(write(tmp_path, "preprocess:\n  image_layout: tar\n"))
+
+
 def test_impossible_value_is_named(tmp_path):
     with pytest.raises(ConfigError, match="'preprocess.chunk_seconds' has an impossible value -1.0"):
         load_config(write(tmp_path, "preprocess:\n  chunk_seconds: -1\n"))

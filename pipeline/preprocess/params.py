@@ -1,11 +1,11 @@
 """What a features folder was made with, so a rerun never mixes shards of two settings, manifests or code versions.
 
 A rerun skips complete shards; that is only right if they were made the way the config now asks, from the same
-manifest (task k is files k*n .. k*n+n-1 of it), by the same code. features/fingerprint.json records the settings
-that shape the outputs, a digest of manifest.csv and the code version (see pipeline.fingerprint) on the first run;
-every later run compares. Settings that only decide where or how fast the work runs (workers, cluster, device) are
-left out, so resuming on other hardware is fine; the manifest names files relative to the data root, so moving the
-data is fine too.
+manifest (task k is the k-th n files of it in `run.make_tasks`' fixed order), by the same code.
+features/fingerprint.json records the settings that shape the outputs (`image_layout` among them), a digest of
+manifest.csv and the code version (see pipeline.fingerprint) on the first run; every later run compares. Settings
+that only decide where or how fast the work runs (workers, cluster, device) are left out, so resuming on other
+hardware is fine; the manifest names files relative to the data root, so moving the data is fine too.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ None to run serially in the calling process (tests, debugging).
 from __future__ import annotations
 
 import datetime
+import hashlib
+import os
 import sys
 import time
 from collections import Counter
@@ -15,24 +17,38 @@ from concurrent.futures import Executor, as_completed
 
 import numpy as np
 
-from pipeline.config import ExperimentConfig
+from pipeline.config import ExperimentConfig, PreprocessConfig
 from pipeline.data.manifest import read_manifest
 from pipeline.data.sources import SourceFile, data_root
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.layout import FeaturePaths, RunLayout
-from pipeline.preprocess import shards
+from pipeline.preprocess import image_shards, shards
 from pipeline.preprocess.gallery import write_galleries
 from pipeline.preprocess.gpus import check_pool
 from pipeline.preprocess.params import check_or_record
 from pipeline.preprocess.progress import Progress
 from pipeline.preprocess.shards import TaskSummary
-from pipeline.preprocess.task import Task, run_task
+from pipeline.preprocess.task import CHUNK_WAVS, Task, run_task
 from pipeline.records import PreprocessRun, PreprocessSummary
+
+TASK_ORDER_SALT = b"pipeline.preprocess.make_tasks/v1"
+"""Salt of the digest that orders the files over tasks: a constant, so that every machine and every rerun cuts the
+same tasks out of the same manifest (changing it changes every shard)."""
 
 
 def make_tasks(files: list[SourceFile], files_per_task: int) -> list[Task]:
-    return [Task(i, tuple(files[start:start + files_per_task]))
-            for i, start in enumerate(range(0, len(files), files_per_task))]
+    """`files_per_task` files per task, taken in a fixed shuffled order: shuffle before sharding, as WebDataset
+    recommends. Manifests are sorted by label, so slices of the manifest would give each shard one class, and a
+    trainer that reads shard by shard (as one reads tars) would see one class at a time; shuffled, every shard
+    mixes the classes in about their proportions.
+
+    The order is that of a salted SHA-256 of each file's path (relative to the data root), not of `random`, whose
+    shuffle Python does not promise to keep across versions: resuming on another machine or Python must cut the
+    same tasks, or complete shards would hold the files of other tasks.
+    """
+    ordered = sorted(files, key=lambda f: hashlib.sha256(TASK_ORDER_SALT + f.path.encode()).digest())
+    return [Task(i, tuple(ordered[start:start + files_per_task]))
+            for i, start in enumerate(range(0, len(ordered), files_per_task))]
 
 
 def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> PreprocessSummary:
@@ -45,7 +61,7 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
         raise FileNotFoundError(f"{layout.manifest}: no manifest yet; run `pipeline data manifest CONFIG` first")
     check_or_record(config)
     check_pool(executor, config.preprocess.device)
-    shards.remove_partial(features.folder)
+    _remove_partial(layout)
     tasks = make_tasks(read_manifest(layout.manifest), config.preprocess.files_per_task)
     complete = {task.task_id for task in tasks if shards.is_complete(features.folder, task.task_id)}
     pending = [task for task in tasks if task.task_id not in complete]
@@ -63,11 +79,12 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
             workers = max(workers, _worker_count(executor))
     finally:
         progress.close()
-    shards.remove_partial(features.folder)  # what attempts on workers that died left behind
+    _remove_partial(layout)  # what attempts on workers that died left behind
     done_now = [s for s in summaries if s.task_id not in complete]
     summaries.sort(key=lambda s: s.task_id)
     summary, index = _write_index(features, summaries)
     write_galleries(layout.root, index, config.preprocess.hop_length, config.data.sample_rate)
+    _record_storage(summary, layout, config.preprocess)
     this_run = PreprocessRun(tasks=len(done_now), chunks=sum(s.chunks for s in done_now),
                              seconds=round(time.perf_counter() - started, 3), workers=workers,
                              finished_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
@@ -75,6 +92,31 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
     summary.tasks_without_record = max(0, len(tasks) - sum(r.tasks for r in summary.runs))
     summary.write(features.summary)
     return summary
+
+
+def _remove_partial(layout: RunLayout) -> None:
+    """Temporary shard folders and tars of attempts whose worker died; only while no task of the run runs."""
+    shards.remove_partial(layout.features.folder)
+    image_shards.remove_partial(layout.images)
+
+
+def _record_storage(summary: PreprocessSummary, layout: RunLayout, pre: PreprocessConfig) -> None:
+    """What the run folder holds for a file system, measured on disk (so a rerun measures the same): files written
+    by preprocessing (features, images, gallery, chunk wavs; summary.json counted before it is written), per 1,000
+    chunks, and the sizes of feature shard folders and image tars."""
+    run = layout.root
+    files = sum(len(names) for folder in (layout.features.folder, layout.images, layout.gallery, run / CHUNK_WAVS)
+                for _, _, names in os.walk(folder))
+    summary.files_written = files + (not layout.features.summary.is_file())
+    summary.files_per_1000_chunks = round(1000 * summary.files_written / summary.chunks, 1) if summary.chunks else None
+    folders = sorted(p for p in layout.features.folder.glob("shard-*") if p.is_dir())
+    summary.feature_shard_bytes = _sizes([sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for p in folders])
+    summary.image_shard_bytes = _sizes([p.stat().st_size for p in sorted(layout.images.glob("*/shard-*.tar"))])
+    summary.image_layout = pre.image_layout if pre.images else "none"
+
+
+def _sizes(sizes: list[int]) -> dict[str, int] | None:
+    return {"mean": round(sum(sizes) / len(sizes)), "max": max(sizes)} if sizes else None
 
 
 def _earlier_runs(features: FeaturePaths) -> list[PreprocessRun]:

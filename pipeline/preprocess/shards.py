@@ -49,7 +49,8 @@ class TaskSummary(Record):
 
 
 CHUNK_COLUMNS = ["path", "label", "split", "chunk", "start_s", "end_s", "image_logmel", "image_mfcc", "audio"]
-"""Columns of chunks.csv and index.csv; image and audio paths are relative to the run folder, empty when absent."""
+"""Columns of chunks.csv and index.csv; image and audio paths are relative to the run folder, empty when absent. An
+image in a tar shard is `images/<feature>/shard-NNNNN.tar#<member>` (see `pipeline.preprocess.image_shards`)."""
 
 
 def shard_dir(features_dir: Path, task_id: int) -> Path:

@@ -20,7 +20,7 @@ from pipeline.audio import AudioError, load_audio
 from pipeline.config import PreprocessConfig
 from pipeline.data.sources import SourceFile, source_path
 from pipeline.layout import RunLayout
-from pipeline.preprocess import images, shards
+from pipeline.preprocess import image_shards, images, shards
 from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.preprocess.shards import TaskSummary
@@ -33,10 +33,10 @@ class Task:
 
 
 def chunk_name(source: SourceFile, chunk: int) -> str:
-    """File stem of a chunk's image or wav: the source's stem, a digest of its path (two sources may share a stem;
-    the path is relative to the data root, so names do not depend on where the data lies), and the chunk's
-    position. The stem is cut to STEM_BYTES (at a character boundary), so that a source name near the 255-byte limit
-    of file names still gives images; the digest keeps cut names apart."""
+    """File stem of a chunk's image or wav (dots made "_": its key in an image shard): the source's stem, a digest of
+    its path (two sources may share a stem; the path is relative to the data root, so names do not depend on where
+    the data lies), and the chunk's position. The stem is cut to STEM_BYTES (at a character boundary), so that a
+    source name near the 255-byte limit of file names still gives images; the digest keeps cut names apart."""
     digest = hashlib.sha1(source.path.encode()).hexdigest()[:8]
     stem = Path(source.path).stem.encode()[:STEM_BYTES].decode(errors="ignore")
     return f"{stem}-{digest}-c{chunk:04d}"
@@ -59,9 +59,10 @@ def run_task(task: Task, config: PreprocessConfig, sample_rate: int, run_dir: st
     """Process every file of `task`, read from under the data `root`; returns the shard summary (chunks written,
     rejects, train statistics).
 
-    Chunks of all the task's files go through the features and images in batches. Images and chunk wavs are
-    written in place without a temporary name: the shard folder, renamed into place last, marks the task complete,
-    and a rerun redoes every file of an incomplete task, overwriting whatever a crash left half-written.
+    Chunks of all the task's files go through the features and images in batches. Image shards (tars) are written
+    under a temporary name and renamed into place; image files (`image_layout: files`) and chunk wavs are written in
+    place without one. Either way the shard folder, renamed into place last, marks the task complete, and a rerun
+    redoes every file of an incomplete task, overwriting whatever a crash left half-written.
     """
     features_dir = RunLayout(Path(run_dir)).features.folder
     if shards.is_complete(features_dir, task.task_id):
@@ -90,12 +91,15 @@ def finish_task(decoded_task: tuple[list, list[dict], int], task: Task, config: 
             for k, (start, end) in zip(chunks.index, chunks.bounds, strict=True)]
     waveforms = np.concatenate([c.samples for _, c, _ in decoded]) if decoded else np.zeros((0, 1), np.float32)
     parts: dict[str, list[np.ndarray]] = {}
-    for first in range(0, len(rows), BATCH_CHUNKS):
-        batch = rows[first:first + BATCH_CHUNKS]
-        feats = extractor(torch.from_numpy(waveforms[first:first + BATCH_CHUNKS]))
-        for name, value in feats.items():
-            parts.setdefault(name, []).append(value.numpy())
-        _write_images(run, batch, feats, config)
+    with _image_shards(run, task.task_id, config) as tars:
+        for first in range(0, len(rows), BATCH_CHUNKS):
+            batch = rows[first:first + BATCH_CHUNKS]
+            feats = extractor(torch.from_numpy(waveforms[first:first + BATCH_CHUNKS]))
+            for name, value in feats.items():
+                parts.setdefault(name, []).append(value.numpy())
+            _write_images(run, batch, feats, config, tars)
+        if not shards.is_complete(features_dir, task.task_id):  # else another attempt finished first: keep its tars
+            tars.commit()  # before the shard folder's rename, the completion marker
     if config.export_chunks:
         _write_chunk_wavs(run, rows, decoded, sample_rate)
     stacked = {name: np.concatenate(arrays) for name, arrays in parts.items()}
@@ -134,14 +138,28 @@ def _row(source: SourceFile, k: int, start: int, end: int, sample_rate: int) -> 
             "stem": chunk_name(source, k)}
 
 
-def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], config: PreprocessConfig) -> None:
-    """One image per chunk and feature; sets each row's image_<feature> path (relative to the run folder)."""
+def _image_shards(run: Path, task_id: int, config: PreprocessConfig) -> image_shards.ImageShards:
+    """The task's tars, one per image feature with `image_layout: shards`; none otherwise."""
+    sharded = config.images and config.image_layout == "shards"
+    return image_shards.ImageShards(run / IMAGES, task_id, list(config.image_features) if sharded else [])
+
+
+def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], config: PreprocessConfig,
+                  tars: image_shards.ImageShards) -> None:
+    """One image per chunk and feature, into the task's tar or a file of its own; sets each row's image_<feature>
+    (relative to the run folder: `images/<feature>/shard-NNNNN.tar#<member>`, or the file's path)."""
     suffix = images.SUFFIXES[config.image_format]
     for feature in config.image_features if config.images else []:
         indices = images.colour_indices(feats[feature], config.image_size)
         for row, picture in zip(rows, indices, strict=True):
-            row[f"image_{feature}"] = f"{IMAGES}/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
-            _write_bytes(run / row[f"image_{feature}"], images.encode(picture, config.colormap, config.image_format))
+            data = images.encode(picture, config.colormap, config.image_format)
+            if config.image_layout == "shards":
+                meta = {"label": row["label"], "split": row["split"], "path": row["path"], "chunk": row["chunk"]}
+                member = tars.write(feature, image_shards.sample_key(row["stem"]), suffix, data, meta)
+                row[f"image_{feature}"] = f"{IMAGES}/{feature}/{image_shards.shard_file(tars.task_id)}#{member}"
+            else:
+                row[f"image_{feature}"] = f"{IMAGES}/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
+                _write_bytes(run / row[f"image_{feature}"], data)
 
 
 def _write_chunk_wavs(run: Path, rows: list[dict], decoded: list, sample_rate: int) -> None:

@@ -259,7 +259,21 @@ def _preprocess_text(summary: PreprocessSummary) -> str:
         text += " Tasks per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()) + "."
     elif nodes:
         text += f" All tasks ran on {next(iter(nodes))}."
-    return text
+    return text + _storage_text(summary)
+
+
+def _storage_text(summary: PreprocessSummary) -> str:
+    """What a cluster file system holds: files per 1,000 chunks and shard sizes (nothing for older summaries)."""
+    if summary.files_written is None or summary.feature_shard_bytes is None:
+        return ""
+    images = summary.image_shard_bytes
+    tars = f", image tars {_megabytes(images)}" if images else ""
+    return (f" On disk: {summary.files_written} files ({summary.files_per_1000_chunks} per 1,000 chunks, images as "
+            f"{summary.image_layout}); feature shards {_megabytes(summary.feature_shard_bytes)}{tars}.")
+
+
+def _megabytes(sizes: dict[str, int]) -> str:
+    return f"{sizes['mean'] / 1e6:.2f} MB mean / {sizes['max'] / 1e6:.2f} MB max"
 
 
 def _scaling_blocks(benchmark: dict, curve: list[ScalingPoint]) -> list[Block]:

@@ -19,7 +19,7 @@ PHASES = tuple(f"mean_{phase}" for phase in records.PHASES)
 COLUMNS = [
     ("name", "configuration", "ws<ranks>-<device>-bs<batch per rank>"),
     ("model", "model", "classifier architecture"),
-    ("input", "input", "features (shards) or images (PNG)"),
+    ("input", "input", "features (feature shards) or images (PNG/JPEG, in tar shards or files)"),
     ("init", "init", "pretrained from a local file, or from scratch"),
     ("nodes", "nodes", "machines the ranks ran on"),
     ("world_size", "ranks", "DDP ranks: GPUs, or CPU processes"),

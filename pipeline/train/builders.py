@@ -7,26 +7,14 @@ measure what training does.
 
 from __future__ import annotations
 
-import itertools
-
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import TrainConfig
 from pipeline.train.models import build_model, is_convolutional
-
-
-class ResumableSampler(DistributedSampler):
-    """A DistributedSampler that can start mid-epoch: the order stays a function of (seed, epoch) alone."""
-
-    skip: int = 0
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
+from pipeline.train.sampling import ShardSampler
 
 
 def build_network(config: TrainConfig, n_labels: int, in_channels: int, n_bins: int | None,
@@ -50,10 +38,12 @@ def build_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def build_loader(dataset: Dataset, config: TrainConfig, world_size: int, rank: int,
-                 device: torch.device) -> tuple[ResumableSampler, DataLoader]:
-    """The shuffling sampler of this rank's share of the training split, and its loader."""
-    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed,
-                               drop_last=True)
+                 device: torch.device) -> tuple[ShardSampler, DataLoader]:
+    """The shard-grouped shuffling sampler of this rank's share of the training split, and its loader. A dataset
+    without a `shard_of` array (a synthetic one) is one shard."""
+    shard_of = getattr(dataset, "shard_of", None)
+    sampler = ShardSampler(np.zeros(len(dataset), np.int32) if shard_of is None else shard_of,
+                           num_replicas=world_size, rank=rank, seed=config.seed, window=config.shuffle_window)
     # The loader's own generator keeps its per-epoch seed draw off the global RNG that drives dropout, so a resumed
     # run draws the same dropout masks as an uninterrupted one.
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
@@ -62,7 +52,7 @@ def build_loader(dataset: Dataset, config: TrainConfig, world_size: int, rank: i
     return sampler, loader
 
 
-def optimizer_steps_per_epoch(sampler: ResumableSampler, config: TrainConfig, train_samples: int) -> int:
+def optimizer_steps_per_epoch(sampler: ShardSampler, config: TrainConfig, train_samples: int) -> int:
     """Optimizer steps in one epoch of this rank's sampler; at least one, or a clear error."""
     steps = (len(sampler) // config.batch_size) // config.grad_accumulation
     if steps == 0:

@@ -34,8 +34,8 @@ def complete_shards(features: Path) -> list[Path]:
 
 
 def assert_same_outputs(expected_run: Path, actual_run: Path) -> None:
-    """index.csv, stats.json, labels.json, rejects.csv, every shard's arrays and chunks, and every image, byte for
-    byte (arrays value for value) the same."""
+    """index.csv, stats.json, labels.json, rejects.csv, every shard's arrays and chunks, and every image shard (or
+    image file), byte for byte (arrays value for value) the same."""
     a, b = Path(expected_run) / "features", Path(actual_run) / "features"
     for name in ("index.csv", "stats.json", "labels.json", "rejects.csv"):
         assert (a / name).read_text() == (b / name).read_text(), f"{name} differs"
@@ -51,6 +51,7 @@ def assert_same_outputs(expected_run: Path, actual_run: Path) -> None:
         assert (a / shard / "chunks.csv").read_text() == (b / shard / "chunks.csv").read_text(), shard
     assert _tree_digest(Path(expected_run) / "images") == _tree_digest(Path(actual_run) / "images")
     assert not list(b.glob(".shard-*")), "temporary shard folders were left behind"
+    assert not list((Path(actual_run) / "images").glob("*/.shard-*")), "temporary image tars were left behind"
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

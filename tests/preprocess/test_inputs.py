@@ -11,6 +11,7 @@ summary, without crashing the run, and the input folder must come out byte-ident
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import soundfile as sf
 from PIL import Image
 
 from pipeline.config import ExperimentConfig, load_config
+from pipeline.preprocess.image_shards import read_member, sample_key, split_reference
 from pipeline.preprocess.run import preprocess
 from pipeline.records import PreprocessSummary
 from pipeline.stages import data_stage
@@ -265,15 +267,19 @@ def test_every_format_decodes_to_the_same_speech(inputs):
 
 
 def test_awkward_file_names_work_end_to_end_with_their_images(inputs):
+    """Names with spaces, quotes, non-ASCII letters, dots and over 100 bytes (beyond a plain tar header's name
+    field) are members of the image shards, under keys WebDataset splits at the right dot."""
     chunks = chunks_by_file(inputs)
     run = Path(inputs.config.run_dir)
-    for name in ODD_NAMES:
-        (path,) = [p for p in inputs.good if Path(p).name == name]
-        assert chunks[path], name
+    odd = [p for p in inputs.good if Path(p).name in ODD_NAMES]
+    assert sorted(Path(p).name for p in odd) == sorted(ODD_NAMES)
+    for path in [*odd, f"{CLASSES[1]}/wav 16-bit/{RATES[0]} Hz {DURATIONS[0]} s.wav"]:  # the last: dots in its stem
+        assert chunks[path], path
         for row in chunks[path]:
-            image = run / row["image_logmel"]
-            assert image.is_file() and image.name.startswith(Path(name).stem[:20]), image
-            with Image.open(image) as picture:
+            tar, member = split_reference(row["image_logmel"])
+            assert tar == f"images/logmel/{row['shard']}.tar", row["image_logmel"]
+            assert member.startswith(sample_key(Path(path).stem[:20])) and member.count(".") == 1, member
+            with Image.open(io.BytesIO(read_member(run / tar, member))) as picture:
                 assert picture.size == (32, 32)
     manifest = {r["path"] for r in read_csv(run / "manifest.csv")}
     # relative to the data root; bad entries keep their own name, the dangling link too

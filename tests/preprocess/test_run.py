@@ -1,6 +1,7 @@
 """The preprocessing stage on real speech: serial and on a real Dask LocalCluster, resume, bad files."""
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.preprocess.cluster import dask_executor
+from pipeline.preprocess.image_shards import read_member, split_reference
 from pipeline.preprocess.run import preprocess
 from pipeline.report.sections import work_done
 from pipeline.stages import data_stage
@@ -28,6 +30,12 @@ def read_index(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def open_image(run: Path, reference: str) -> Image.Image:
+    """The image an index entry names: a member of an image shard (the default layout)."""
+    tar, member = split_reference(reference)
+    return Image.open(io.BytesIO(read_member(run / tar, member)))
+
+
 def test_serial_run_writes_shards_index_images_and_stats(tmp_path, speech_dir):
     config = prepared(tmp_path, speech_dir)
     summary = preprocess(config)
@@ -42,9 +50,10 @@ def test_serial_run_writes_shards_index_images_and_stats(tmp_path, speech_dir):
     shard = run / "features" / index[0]["shard"]
     mfcc = np.load(shard / "mfcc.npy")
     assert mfcc.shape[1:] == (13, 101)
-    image = Image.open(run / index[0]["image_logmel"])
+    image = open_image(run, index[0]["image_logmel"])
     assert image.size == (32, 32) and image.mode == "P" and image.format == "PNG"  # the colormap is its palette
-    assert index[0]["image_logmel"].startswith(f"images/logmel/{index[0]['split']}/{index[0]['label']}/")
+    assert index[0]["image_logmel"].startswith(f"images/logmel/{index[0]['shard']}.tar#")
+    assert sorted(p.name for p in (run / "images" / "logmel").iterdir()) == [f"shard-{k:05d}.tar" for k in range(5)]
     assert index[0]["image_mfcc"] == index[0]["audio"] == ""  # not asked for
     stats = (run / "features" / "stats.json").read_text()
     assert '"logmel"' in stats and '"mfcc"' in stats
@@ -115,8 +124,9 @@ def test_both_images_as_jpeg_chunk_wavs_and_a_gallery_per_feature(tmp_path, spee
     row = index[1]
     assert float(row["start_s"]) == 0.5 and float(row["end_s"]) == 1.5  # overlapping 1 s chunks every 0.5 s
     for feature in ("logmel", "mfcc"):
-        assert row[f"image_{feature}"].startswith(f"images/{feature}/") and row[f"image_{feature}"].endswith(".jpg")
-        with Image.open(run / row[f"image_{feature}"]) as image:
+        assert row[f"image_{feature}"].startswith(f"images/{feature}/{row['shard']}.tar#")
+        assert row[f"image_{feature}"].endswith(".jpg")
+        with open_image(run, row[f"image_{feature}"]) as image:
             assert image.format == "JPEG" and image.size == (32, 32)
     import soundfile as sf
 
@@ -137,7 +147,8 @@ def test_rerun_with_other_settings_is_refused_and_names_them(tmp_path, speech_di
 
 
 def test_rerun_after_the_manifest_or_the_code_changed_is_refused(tmp_path, speech_dir):
-    """Task k is a slice of the manifest, so complete shards of another manifest would be the wrong files."""
+    """Task k is a fixed part of the manifest's files, so complete shards of another manifest would be the wrong
+    files."""
     config = prepared(tmp_path, speech_dir)
     preprocess(config)
     manifest = Path(config.run_dir) / "manifest.csv"

@@ -94,6 +94,7 @@ def test_preprocess_section_with_and_without_the_scaling_curve(tmp_path, monkeyp
     assert "run 1 of 2: 42 tasks, 3135 chunks in 17.1 s (183.1 chunks/s, 2 Dask workers)." in text(blocks)
     assert "1 later run(s) found every shard complete and did no work" in text(blocks)
     assert "Tasks per node: node-a 20, node-b 22." in text(blocks)
+    assert "On disk" not in text(blocks)  # a summary of a version that did not measure it
     assert (f"--workers 1 2 4 8 --out {tmp_path}/preprocess_scaling.json" in blocks[-1].caption
             and blocks[-1].file == "preprocess_scaling.png")
 
@@ -103,6 +104,24 @@ def test_preprocess_section_with_and_without_the_scaling_curve(tmp_path, monkeyp
     assert table.rows == [["1", "100.0", "96.0-104.0", "3", "100%"], ["2", "190.0", "186.0-194.0", "3", "95%"],
                           ["4", "315.0", "300.0-330.0", "3", "79%"]]
     assert "benchmarks/preprocess_scaling.py (2026-11-22T00:00:00+00:00, 120 files, 700 chunks" in text(blocks)
+
+
+def test_preprocess_section_says_what_the_file_system_holds(tmp_path):
+    from pipeline.layout import RunLayout
+    from pipeline.records import PreprocessSummary
+
+    write_summary(tmp_path)
+    path = RunLayout(tmp_path).features.summary
+    summary = PreprocessSummary.read(path)
+    summary.files_written, summary.files_per_1000_chunks, summary.image_layout = 310, 98.9, "shards"
+    summary.feature_shard_bytes = {"mean": 1_250_000, "max": 2_000_000}
+    summary.image_shard_bytes = {"mean": 480_000, "max": 910_000}
+    summary.write(path)
+    assert ("On disk: 310 files (98.9 per 1,000 chunks, images as shards); feature shards 1.25 MB mean / 2.00 MB "
+            "max, image tars 0.48 MB mean / 0.91 MB max.") in text(sections.preprocess_section(tmp_path))
+    summary.image_shard_bytes, summary.image_layout = None, "files"
+    summary.write(path)
+    assert "images as files); feature shards 1.25 MB mean / 2.00 MB max." in text(sections.preprocess_section(tmp_path))
 
 
 def test_gpu_sharing_notes():
