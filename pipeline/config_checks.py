@@ -70,6 +70,8 @@ def _preprocess_ranges(pre: PreprocessConfig, sample_rate: int) -> dict[str, boo
         "preprocess.slurm_cluster.jobs": jobs.jobs >= 1,
         "preprocess.slurm_cluster.cores": jobs.cores >= 1,
         "preprocess.slurm_cluster.processes": 1 <= jobs.processes <= jobs.cores,
+        # one worker per GPU and at least one CPU worker to decode for them
+        "preprocess.slurm_cluster.gpus_per_job": jobs.gpus_per_job == 0 or 0 < jobs.gpus_per_job < jobs.processes,
         "preprocess.slurm_cluster.walltime": (slurm_time_seconds(jobs.walltime) or 0) >= 120,
         "preprocess.image_size": pre.image_size >= 8,
     }

@@ -57,6 +57,11 @@ class DaskSlurmConfig:
     """CPU cores per job (`--cpus-per-task`), shared by its worker processes, one thread per core."""
     processes: int = 4
     """Dask worker processes per job; processes rather than threads because feature work holds the GIL."""
+    gpus_per_job: int = 0
+    """GPUs per job (`--gres=gpu:N`), one feature worker process each, pinned to its own GPU; the job's other
+    `processes` (at least one, so `processes` > `gpus_per_job`) decode on the CPU. Without this, workers alike
+    would all use the node's first GPU. 0, or `preprocess.device: cpu`: no GPUs asked for, every process a plain
+    worker."""
     memory: str = "8GB"
     """Memory per job (e.g. `8GB`, `16GiB`), split evenly between its worker processes."""
     walltime: str = "01:00:00"

@@ -8,12 +8,16 @@
 - `scheduler_file` (wins over `cluster`): attach to a running cluster, as slurm/preprocess.sbatch starts one.
 
 Whatever the source, the stage gets a concurrent.futures Executor whose failed tasks are retried, so a worker that
-dies (killed, out of memory, a node lost) costs a redo of its tasks, not the run.
+dies (killed, out of memory, a node lost) costs a redo of its tasks, not the run. With features on GPUs every source
+has one feature worker per GPU (`preprocess.gpus`): the LocalCluster's own worker specs, the per-node launcher
+`preprocess.node_workers` for the sbatch script's and dask-jobqueue's workers, `gpus.rank_role` for dask-mpi's
+ranks; where the workers report the GPU and DECODE resources, the executor is `gpus.SplitExecutor`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -97,13 +101,29 @@ def dask_setup(worker) -> None:
 
 @contextlib.contextmanager
 def _attached(config: PreprocessConfig) -> Iterator[Executor]:
+    """The cluster of a scheduler file, once `config.workers` workers are in; split decode/features when they
+    include GPU workers (slurm/preprocess.sbatch on nodes with GPUs)."""
     from dask.distributed import Client
 
     with Client(scheduler_file=_wait_for(Path(config.scheduler_file)), timeout=CONNECT_TIMEOUT_S) as client:
         client.wait_for_workers(config.workers, timeout=CONNECT_TIMEOUT_S)
-        print(f"dask: attached to {client.scheduler.address} with {len(client.scheduler_info()['workers'])} "
-              f"workers, dashboard at {client.dashboard_link}", flush=True)
-        yield client.get_executor(retries=RETRIES)
+        executor, workers = _executor_for(client)
+        print(f"dask: attached to {client.scheduler.address} with {workers}, dashboard at {client.dashboard_link}",
+              flush=True)
+        yield executor
+
+
+def _executor_for(client) -> tuple[Executor, str]:
+    """The executor for the workers connected now, and what they are in words: `gpus.SplitExecutor` when some
+    report the GPU resource and some DECODE (one feature worker per GPU), else Dask's own."""
+    from pipeline.preprocess import gpus
+
+    workers = client.scheduler_info()["workers"]
+    if not gpus.splits_tasks(workers):
+        return client.get_executor(retries=RETRIES), f"{len(workers)} workers"
+    gpu, decode = gpus.resource_counts(workers)
+    return gpus.SplitExecutor(client, RETRIES), (f"{len(workers)} workers ({gpu} GPU workers for features and "
+                                                 f"images, {decode} CPU workers for decoding)")
 
 
 @contextlib.contextmanager
@@ -117,12 +137,13 @@ def _slurm(config: PreprocessConfig, log_dir: Path | None) -> Iterator[Executor]
     lifetime, stagger = worker_lifetime(slurm_time_seconds(jobs.walltime) or 0)
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
+    options = {"job_extra_directives": list(jobs.extra_options),
+               "worker_extra_args": ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]}
+    options.update(jobqueue_gpu_options(config, options))
     with SLURMCluster(cores=jobs.cores, processes=jobs.processes, memory=jobs.memory, walltime=jobs.walltime,
                       queue=jobs.partition, account=jobs.account, interface=config.interface, job_name=JOB_NAME,
-                      job_extra_directives=list(jobs.extra_options), python=sys.executable,
-                      log_directory=str(log_dir) if log_dir is not None else None,
-                      worker_extra_args=["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"],
-                      scheduler_options={"dashboard_address": ":0"}) as cluster:
+                      python=sys.executable, log_directory=str(log_dir) if log_dir is not None else None,
+                      scheduler_options={"dashboard_address": ":0"}, **options) as cluster:
         script = "\n".join(f"dask:   | {line}" for line in cluster.job_script().splitlines())
         print(f"dask: SLURMCluster, {jobs.jobs} jobs x {jobs.processes} worker processes; each job runs this "
               f"script (sbatch):\n{script}", flush=True)
@@ -131,7 +152,32 @@ def _slurm(config: PreprocessConfig, log_dir: Path | None) -> Iterator[Executor]
             print(f"dask: scheduler at {cluster.scheduler_address}, dashboard at {client.dashboard_link}",
                   flush=True)
             _wait_for_slurm_workers(client, cluster)
-            yield client.get_executor(retries=RETRIES)
+            if "worker_command" in options:  # a job's workers start together: wait for the rest of the first one
+                with contextlib.suppress(TimeoutError):
+                    client.wait_for_workers(jobs.processes, timeout=60)
+            executor, workers = _executor_for(client)
+            print(f"dask: {workers} connected so far", flush=True)
+            yield executor
+
+
+def jobqueue_gpu_options(config: PreprocessConfig, options: dict[str, list[str]]) -> dict:
+    """SLURMCluster options for `slurm_cluster.gpus_per_job` G > 0: the job asks for G GPUs (`--gres=gpu:G`) and
+    runs the per-node launcher `preprocess.node_workers` instead of `dask worker`, which makes G of the job's
+    `processes` workers feature workers, one per GPU, and the rest CPU workers that decode. dask-jobqueue starts a
+    job's processes with one `dask worker --nworkers` command, all alike, so the launcher takes its place (its
+    `worker_command`); it names the workers as dask-jobqueue expects. G = 0, or `device: cpu` (features stay on
+    the CPU, so no GPU is asked for): no change."""
+    jobs = config.slurm_cluster
+    if not jobs.gpus_per_job or config.device == "cpu":
+        return {}
+    if not 0 < jobs.gpus_per_job < jobs.processes:
+        raise ValueError(f"preprocess.slurm_cluster.gpus_per_job: {jobs.gpus_per_job} with processes "
+                         f"{jobs.processes}; each GPU is one worker process and at least one more must decode, so "
+                         "processes must be at least gpus_per_job + 1")
+    return {"job_extra_directives": [*options["job_extra_directives"], f"--gres=gpu:{jobs.gpus_per_job}"],
+            "worker_command": "pipeline.preprocess.node_workers",
+            "worker_extra_args": [*options["worker_extra_args"], "--nworkers", str(jobs.processes),
+                                  "--device", config.device]}
 
 
 def worker_lifetime(walltime_s: int) -> tuple[int, int]:
@@ -188,17 +234,43 @@ def _mpi(config: PreprocessConfig) -> Iterator[Executor]:
         raise RuntimeError(f"preprocess.cluster: mpi needs at least 3 MPI ranks (scheduler, client, one worker), "
                            f"got {ranks}; start it with mpirun -n N or srun inside an allocation "
                            "(slurm/preprocess-mpi.sbatch)")
-    is_client = dask_mpi.initialize(interface=config.interface, nthreads=1, dashboard_address=":0", exit=False)
+    is_client = dask_mpi.initialize(interface=config.interface, nthreads=1, dashboard_address=":0", exit=False,
+                                    worker_options=_mpi_worker_options(MPI.COMM_WORLD, config.device))
     if not is_client:
         sys.exit(0)
     try:
         with Client() as client:
             client.wait_for_workers(ranks - 2, timeout=CONNECT_TIMEOUT_S)
-            print(f"dask: MPI, {ranks - 2} worker ranks, scheduler at {client.scheduler.address}, dashboard at "
-                  f"{client.dashboard_link}", flush=True)
-            yield client.get_executor(retries=RETRIES)
+            executor, workers = _executor_for(client)
+            print(f"dask: MPI, {ranks - 2} worker ranks: {workers}, scheduler at {client.scheduler.address}, "
+                  f"dashboard at {client.dashboard_link}", flush=True)
+            yield executor
     finally:
         dask_mpi.send_close_signal()
+
+
+def _mpi_worker_options(comm, device: str) -> dict:
+    """This rank's Dask worker options under dask-mpi: the worker ranks of each node are split by `gpus.rank_role`
+    into one feature worker per GPU of the node and CPU workers. Every rank calls this (splitting the communicator
+    by node is collective); only worker ranks (2+) use it. dask-mpi runs the worker in this process, which has not
+    initialised CUDA yet, so setting CUDA_VISIBLE_DEVICES here pins it."""
+    from mpi4py import MPI
+
+    from pipeline.preprocess import gpus
+
+    rank = comm.Get_rank()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        workers_here = sorted(r for r in node.allgather(rank) if r >= 2)
+    finally:
+        node.Free()
+    if rank < 2:
+        return {}
+    visible, resources = gpus.rank_role(workers_here.index(rank), len(workers_here),
+                                        gpus.node_gpus(os.environ, device))
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    return {"resources": resources} if resources else {}
 
 
 def _wait_for(scheduler_file: Path) -> str:

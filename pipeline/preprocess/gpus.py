@@ -12,11 +12,17 @@ EXCLUSIVE_PROCESS compute mode all but one fail). With GPUs visible and `preproc
 
 Without a visible GPU, or with `device: cpu`, nothing here is used: the LocalCluster is the plain one of
 `preprocess.cluster`. The decisions are pure functions of the GPU count, so they are tested without a GPU.
+
+Workers started elsewhere follow the same plan: the `dask worker` processes of slurm/preprocess.sbatch and of
+dask-jobqueue's jobs through `pipeline.preprocess.node_workers` (one launcher per node, which reads that node's
+GPUs), the ranks of dask-mpi through `rank_role`; the client then picks `SplitExecutor` when the workers it sees
+report both resources (`splits_tasks`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -44,6 +50,55 @@ def visible_gpus(visible: str | None, count: int) -> list[str]:
     if visible is not None and visible.strip():
         return [entry.strip() for entry in visible.split(",") if entry.strip()][:count]
     return [str(i) for i in range(count)]
+
+
+def node_gpus(environ: Mapping[str, str], device: str) -> list[str]:
+    """The GPUs the workers of one node may use, for workers started outside a LocalCluster (sbatch, dask-jobqueue,
+    dask-mpi): the entries of CUDA_VISIBLE_DEVICES where it is set, as SLURM sets it on every node of a job with
+    GPUs (`--gres=gpu:G`: the job's G GPUs; the local test cluster's fake ones too, which is why the list is
+    trusted rather than counted); where it is unset, none inside a SLURM job (a job without GPUs owns none, even
+    on a node that has some), else the GPUs torch counts here (through NVML, without initialising CUDA)."""
+    if device == "cpu":
+        return []
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+        return [] if entries == ["NoDevFiles"] else entries  # SLURM's value for GPUs without device files
+    if environ.get("SLURM_JOB_ID"):
+        return []
+    import torch
+
+    return visible_gpus(None, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def rank_role(index: int, workers: int, gpus: list[str]) -> tuple[str | None, dict[str, int]]:
+    """CUDA_VISIBLE_DEVICES (None: leave it as it is) and Dask resources of the `index`-th of the `workers` worker
+    ranks of dask-mpi on one node that sees `gpus`. MPI fixes the number of ranks, so the plan fits them rather than
+    `plan_workers`: one GPU worker per GPU while at least one rank is left to decode; a node with a single worker
+    rank gives it its first GPU and both resources, so it still does both halves (and all of a task without a
+    split). Without GPUs, no resources: the workers of today."""
+    if not gpus:
+        return None, {}
+    if workers == 1:
+        return gpus[0], {GPU: 1, DECODE: 1}
+    if index < min(len(gpus), workers - 1):
+        return gpus[index], {GPU: 1}
+    return "", {DECODE: 1}
+
+
+def resource_counts(workers: Mapping[str, Mapping]) -> tuple[int, int]:
+    """(workers with a GPU resource, workers with a DECODE resource) of a scheduler's `workers` info."""
+    def count(resource: str) -> int:
+        return sum(1 for info in workers.values() if (info.get("resources") or {}).get(resource))
+
+    return count(GPU), count(DECODE)
+
+
+def splits_tasks(workers: Mapping[str, Mapping]) -> bool:
+    """Whether to split tasks decode -> finish on these workers: only when some can take each half, or half of every
+    task would wait for ever. Workers without resources take the tasks of an unsplit run like any other."""
+    gpu, decode = resource_counts(workers)
+    return gpu > 0 and decode > 0
 
 
 def plan_workers(workers: int, device: str, gpus: list[str]) -> WorkerPlan:

@@ -129,8 +129,8 @@ def experiment_scripts(config: ExperimentConfig, config_path: Path, python: str)
 
 PREPROCESS_TEMPLATES = {"local": "preprocess", "mpi": "preprocess-mpi", "slurm": "preprocess-jobqueue"}
 """The preprocessing job's template for each `preprocess.cluster`: `local` becomes a Dask scheduler and one worker
-per CPU of the allocation's nodes, `mpi` one dask-mpi launch over its tasks, `slurm` a small job whose
-SLURMCluster submits the worker jobs."""
+per CPU of the allocation's nodes (on nodes with GPUs, one of them per GPU pinned to it: `preprocess.node_workers`),
+`mpi` one dask-mpi launch over its tasks, `slurm` a small job whose SLURMCluster submits the worker jobs."""
 
 
 def preprocess_job(config: ExperimentConfig) -> Job:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.preprocess.cluster import worker_lifetime
+from pipeline.preprocess import node_workers
+from pipeline.preprocess.cluster import jobqueue_gpu_options, worker_lifetime
+from pipeline.preprocess.gpus import WorkerPlan
 from pipeline.preprocess.progress import Progress
 from tests.conftest import tiny_experiment
 from tests.preprocess.compare import assert_same_outputs, prepared, serial_run
@@ -30,6 +33,8 @@ MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_
     ({"cluster": "kubernetes"}, "'preprocess.cluster' must be one of 'local', 'slurm', 'mpi'"),
     ({"slurm_cluster": {"processes": 8, "cores": 4}}, "'preprocess.slurm_cluster.processes' has an impossible"),
     ({"slurm_cluster": {"jobs": 0}}, "'preprocess.slurm_cluster.jobs' has an impossible value 0"),
+    ({"slurm_cluster": {"gpus_per_job": 2, "processes": 2}}, "'preprocess.slurm_cluster.gpus_per_job' has an impos"),
+    ({"slurm_cluster": {"gpus_per_job": -1}}, "'preprocess.slurm_cluster.gpus_per_job' has an impossible value -1"),
     ({"slurm_cluster": {"walltime": "00:01:00"}}, "'preprocess.slurm_cluster.walltime' has an impossible"),
     ({"slurm_cluster": {"walltime": "1 hour"}}, "'preprocess.slurm_cluster.walltime' has an impossible"),
     ({"slurm_cluster": {"memory": "8GB\n#SBATCH --uid=0"}}, "'preprocess.slurm_cluster.memory' is not a valid"),
@@ -49,6 +54,39 @@ def test_cluster_keys_load_with_their_types(tmp_path, speech_dir):
     assert config.preprocess.cluster == "slurm" and config.preprocess.slurm_cluster.jobs == 3
     assert config.preprocess.slurm_cluster.cores == 4  # the default of a key not given
     assert load_config(tiny_experiment(tmp_path, speech_dir)).preprocess.cluster == "local"
+
+
+def test_gpu_worker_jobs_ask_for_their_gpus_and_run_the_node_launcher(tmp_path, speech_dir):
+    """`slurm_cluster.gpus_per_job`: the job script dask-jobqueue writes asks for the GPUs and runs the per-node
+    launcher, whose own parser reads that very command line and names the workers as dask-jobqueue expects."""
+    from dask_jobqueue import SLURMCluster
+
+    config = load_config(tiny_experiment(tmp_path, speech_dir, preprocess={"cluster": "slurm", "slurm_cluster": {
+        "gpus_per_job": 2, "processes": 3, "cores": 3, "walltime": "00:10:00"}})).preprocess
+    base = {"job_extra_directives": ["--qos=high"], "worker_extra_args": ["--lifetime", "510s"]}
+    options = jobqueue_gpu_options(config, base)
+    assert options == {"job_extra_directives": ["--qos=high", "--gres=gpu:2"],
+                       "worker_command": "pipeline.preprocess.node_workers",
+                       "worker_extra_args": ["--lifetime", "510s", "--nworkers", "3", "--device", "auto"]}
+    with SLURMCluster(cores=3, processes=3, memory="3GB", python=sys.executable, interface="lo",
+                      scheduler_options={"dashboard_address": ":0"}, **options) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH --gres=gpu:2\n" in script
+    command = shlex.split(script.strip().splitlines()[-1])
+    assert command[:3] == [sys.executable, "-m", "pipeline.preprocess.node_workers"]
+    args, forward = node_workers.parse(command[3:])
+    assert (args.nworkers, args.device) == (3, "auto") and "--memory-limit" in forward and "--interface" in forward
+    plan = WorkerPlan(("0", "1"), 1)
+    names = [c.argv[c.argv.index("--name") + 1] for c in node_workers.worker_commands(plan, forward, 1, args.name)]
+    assert names == [f"{args.name}-{i}" for i in range(3)]  # the group dask-jobqueue made of a 3-process job
+
+    assert jobqueue_gpu_options(load_config(tiny_experiment(tmp_path, speech_dir)).preprocess, base) == {}
+    config.device = "cpu"  # features on the CPU: no GPUs asked for
+    assert jobqueue_gpu_options(config, base) == {}
+    config.device = "auto"
+    config.slurm_cluster.gpus_per_job = 3
+    with pytest.raises(ValueError, match="processes must be at least gpus_per_job \\+ 1"):
+        jobqueue_gpu_options(config, base)
 
 
 @pytest.mark.parametrize("walltime", [120, 600, 3600, 4 * 3600, 7 * 24 * 3600])
@@ -88,6 +126,23 @@ def test_dask_mpi_under_mpirun_gives_the_same_outputs_as_serial(tmp_path, speech
                             capture_output=True, text=True, timeout=300, env=MPI_ENV, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "dask: MPI, 2 worker ranks" in result.stdout
+    assert_same_outputs(reference, Path(config.run_dir))
+
+
+@pytest.mark.skipif(not HAS_MPI, reason="the mpi extra is not installed (pip install -e '.[mpi]')")
+def test_dask_mpi_ranks_of_a_node_with_gpus_get_one_pinned_worker_per_gpu(tmp_path, speech_dir):
+    """5 ranks on a node whose CUDA_VISIBLE_DEVICES is "0,1" (fake: the features run on the CPU): of the 3 worker
+    ranks, 2 are feature workers, one per GPU, and 1 decodes; the run splits its tasks and matches a serial one."""
+    reference = serial_run(tmp_path / "serial", speech_dir)
+    config_path, config = prepared(tmp_path / "mpi", speech_dir)
+    result = subprocess.run([str(MPIRUN), "-n", "5", "--oversubscribe", "--bind-to", "none", "-x",
+                             "CUDA_VISIBLE_DEVICES", sys.executable, "-m", "pipeline", "preprocess", str(config_path),
+                             "--set", "preprocess.cluster=mpi", "--set", "preprocess.interface=lo"],
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**MPI_ENV, "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "dask: MPI, 3 worker ranks: 3 workers (2 GPU workers for features and images, 1 CPU workers for " \
+           "decoding)" in result.stdout
     assert_same_outputs(reference, Path(config.run_dir))
 
 

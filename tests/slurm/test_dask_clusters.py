@@ -1,9 +1,12 @@
-"""Dask workers from SLURM on the real local cluster: dask-jobqueue's worker jobs (`preprocess.cluster: slurm`) and
-dask-mpi in one batch job (slurm/preprocess-mpi.sbatch). Both must give exactly the outputs of a serial run."""
+"""Dask workers from SLURM on the real local cluster: dask-jobqueue's worker jobs (`preprocess.cluster: slurm`),
+dask-mpi in one batch job (slurm/preprocess-mpi.sbatch), and slurm/preprocess.sbatch, the last two also on nodes
+with GPUs (the local cluster's fake ones: SLURM sets CUDA_VISIBLE_DEVICES, the features run on the CPU), where each
+GPU gets its own pinned feature worker. All must give exactly the outputs of a serial run."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +47,49 @@ def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm
     assert_same_outputs(reference, run)
     # Closing the cluster cancels its jobs rather than leaving them to run out their walltime.
     wait_for(lambda: not _in_queue(job_ids), 60, "the worker jobs to leave the queue")
+
+
+def test_slurm_cluster_with_gpus_per_job_pins_a_worker_per_gpu(slurm_cluster, tmp_path, speech_dir, reference):
+    config_path, config = prepared(tmp_path, speech_dir, cluster="slurm", interface="lo", workers=5, slurm_cluster={
+        "jobs": 1, "cores": 2, "processes": 2, "gpus_per_job": 1, "memory": "2GB", "walltime": "00:10:00"})
+    result = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(config_path)], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "dask:   | #SBATCH --gres=gpu:1" in result.stdout
+    assert "-m pipeline.preprocess.node_workers tcp://" in result.stdout
+    assert "2 workers (1 GPU workers for features and images, 1 CPU workers for decoding) connected" in result.stdout
+
+    run = Path(config.run_dir)
+    logs = "".join(p.read_text() for p in (run / "slurm" / "logs").glob("preprocess-dask-*"))
+    assert "GPU workers (CUDA_VISIBLE_DEVICES 0) for features and images, 1 CPU workers for decoding" in logs
+    summary = json.loads((run / "features" / "summary.json").read_text())
+    assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
+    assert_same_outputs(reference, run)
+    job_ids = {p.stem.rsplit("-", 1)[1] for p in (run / "slurm" / "logs").glob("preprocess-dask-*.err")}
+    wait_for(lambda: not _in_queue(job_ids), 60, "the worker job to leave the queue")
+
+
+def test_preprocess_sbatch_on_nodes_with_gpus_pins_a_worker_per_gpu(slurm_cluster, tmp_path, speech_dir, reference):
+    """slurm/preprocess.sbatch by hand with `--gres=gpu:2` on both nodes: on each, srun's launcher starts one worker
+    per GPU (CUDA_VISIBLE_DEVICES 0 and 1) and one CPU worker, and the attached run splits its tasks."""
+    config_path, config = prepared(tmp_path, speech_dir)
+    log = tmp_path / "preprocess.out"
+    env = {**os.environ, "CONFIG": str(config_path), "PYTHON": sys.executable}
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--cpus-per-task=3", "--gres=gpu:2",
+                          f"--output={log}", str(ROOT / "slurm" / "preprocess.sbatch")], capture_output=True,
+                         text=True, env=env, cwd=ROOT, check=True).stdout.strip().split(";")[0]
+    state = wait_for(lambda: _finished_state(job), 300, f"preprocess job {job} to finish", every=2)
+    text = log.read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert "2 node(s) x 3 Dask workers, GPUs per node: 2 (preprocess.device auto)" in text
+    for node in sorted(NODES):
+        assert f"node_workers: {node}: 2 GPU workers (CUDA_VISIBLE_DEVICES 0, 1) for features and images, 1 CPU " \
+               "workers for decoding" in text, text[-3000:]
+    assert "with 6 workers (4 GPU workers for features and images, 2 CPU workers for decoding)" in text
+    summary = json.loads((Path(config.run_dir) / "features" / "summary.json").read_text())
+    assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
+    assert summary["runs"][-1]["workers"] == 6
+    assert_same_outputs(reference, Path(config.run_dir))
 
 
 @pytest.mark.skipif(not HAS_MPI, reason="the mpi extra is not installed (pip install -e '.[mpi]')")
