@@ -26,13 +26,19 @@ def reference(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Pat
     return serial_run(tmp_path_factory.mktemp("serial"), speech_dir)
 
 
+def preprocess_here(config_path: Path) -> subprocess.CompletedProcess:
+    """`pipeline preprocess CONFIG` as a user runs it, which must succeed."""
+    result = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(config_path)], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm_cluster, tmp_path, speech_dir,
                                                                            reference):
     config_path, config = prepared(tmp_path, speech_dir, cluster="slurm", interface="lo", workers=5, slurm_cluster={
         "jobs": 2, "cores": 1, "processes": 1, "memory": "1GB", "walltime": "00:10:00"})
-    result = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(config_path)], capture_output=True,
-                            text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = preprocess_here(config_path)
     # The job script is shown as submitted, workers retire before the walltime, and the dashboard is named.
     assert "dask:   | #SBATCH -t 00:10:00" in result.stdout
     assert "--lifetime 510s --lifetime-stagger 30s --interface lo" in result.stdout
@@ -52,9 +58,7 @@ def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm
 def test_slurm_cluster_with_gpus_per_job_pins_a_worker_per_gpu(slurm_cluster, tmp_path, speech_dir, reference):
     config_path, config = prepared(tmp_path, speech_dir, cluster="slurm", interface="lo", workers=5, slurm_cluster={
         "jobs": 1, "cores": 2, "processes": 2, "gpus_per_job": 1, "memory": "2GB", "walltime": "00:10:00"})
-    result = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(config_path)], capture_output=True,
-                            text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = preprocess_here(config_path)
     assert "dask:   | #SBATCH --gres=gpu:1" in result.stdout
     assert "-m pipeline.preprocess.node_workers tcp://" in result.stdout
     assert "2 workers (1 GPU workers for features and images, 1 CPU workers for decoding) connected" in result.stdout
