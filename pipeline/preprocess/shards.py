@@ -48,9 +48,12 @@ class TaskSummary(Record):
     """Per feature: frames, per-bin sum and sum of squares over the task's training chunks."""
 
 
-CHUNK_COLUMNS = ["path", "label", "split", "chunk", "start_s", "end_s", "image_logmel", "image_mfcc", "audio"]
+CHUNK_COLUMNS = ["path", "label", "split", "chunk", "start_s", "end_s", "image_logmel", "image_mfcc", "audio",
+                 "image_logmel_offset", "image_logmel_size", "image_mfcc_offset", "image_mfcc_size"]
 """Columns of chunks.csv and index.csv; image and audio paths are relative to the run folder, empty when absent. An
-image in a tar shard is `images/<feature>/shard-NNNNN.tar#<member>` (see `pipeline.preprocess.image_shards`)."""
+image in a tar shard is `images/<feature>/shard-NNNNN.tar#<member>` (see `pipeline.preprocess.image_shards`), and
+`image_<feature>_offset` / `_size` say where its bytes lie in the tar, so that a reader fetches it with one read
+and keeps two integers per chunk instead of a table of every tar's members."""
 
 
 def shard_dir(features_dir: Path, task_id: int) -> Path:

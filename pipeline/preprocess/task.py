@@ -99,7 +99,7 @@ def finish_task(decoded_task: tuple[list, list[dict], int], task: Task, config: 
                 parts.setdefault(name, []).append(value.numpy())
             _write_images(run, batch, feats, config, tars)
         if not shards.is_complete(features_dir, task.task_id):  # else another attempt finished first: keep its tars
-            tars.commit()  # before the shard folder's rename, the completion marker
+            _record_member_bytes(rows, tars.commit())  # before the shard folder's rename, the completion marker
     if config.export_chunks:
         _write_chunk_wavs(run, rows, decoded, sample_rate)
     stacked = {name: np.concatenate(arrays) for name, arrays in parts.items()}
@@ -160,6 +160,15 @@ def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], c
             else:
                 row[f"image_{feature}"] = f"{IMAGES}/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
                 _write_bytes(run / row[f"image_{feature}"], data)
+
+
+def _record_member_bytes(rows: list[dict], tars: list[Path]) -> None:
+    """Set each row's image_<feature>_offset and _size: where its image's bytes lie in the committed tar."""
+    for tar in tars:
+        feature, table = tar.parent.name, image_shards.member_table(tar)
+        for row in rows:
+            _, member = image_shards.split_reference(row[f"image_{feature}"])
+            row[f"image_{feature}_offset"], row[f"image_{feature}_size"] = table[member]
 
 
 def _write_chunk_wavs(run: Path, rows: list[dict], decoded: list, sample_rate: int) -> None:

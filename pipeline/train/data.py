@@ -51,7 +51,12 @@ class SplitIndex:
     target: np.ndarray
     """Per chunk: its label's position in labels.json."""
     images: list[str] | None = None
-    """Per chunk: its image column (`images/...png` or `images/...tar#member`), when asked for."""
+    """Per chunk: its image column (`images/...png` or `images/...tar#member`), when asked for and the index does
+    not say where each image lies in its tar."""
+    image_tars: list[str] | None = None
+    """Per shard: its image tar (relative to the run folder), when the index gives each image's offset and size."""
+    image_at: np.ndarray | None = None
+    """Per chunk: [offset, size] of its image in its shard's tar (with `image_tars`)."""
 
     def __len__(self) -> int:
         return len(self.row)
@@ -64,7 +69,7 @@ def read_split_index(run_dir: Path, split: str, image_column: str | None = None)
         raise FileNotFoundError(f"{index}: no features yet; run `pipeline preprocess CONFIG` first")
     label_of = {label: k for k, label in enumerate(read_labels(run_dir))}
     shards: dict[str, int] = {}
-    shard_of, rows, targets, images = [], [], [], []
+    shard_of, rows, targets, images = [], [], [], ImageColumn(image_column, index) if image_column else None
     with open(index, newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] != split:
@@ -72,20 +77,48 @@ def read_split_index(run_dir: Path, split: str, image_column: str | None = None)
             shard_of.append(shards.setdefault(row["shard"], len(shards)))
             rows.append(int(row["row"]))
             targets.append(label_of[row["label"]])
-            if image_column:
-                images.append(_image_of(row, image_column, index))
+            if images:
+                images.add(row, shard_of[-1])
     if not rows:
         raise ValueError(f"{index}: the {split!r} split has no chunks")
-    return SplitIndex(list(shards), np.array(shard_of, np.int32), np.array(rows, np.int64),
-                      np.array(targets, np.int64), images if image_column else None)
+    split_index = SplitIndex(list(shards), np.array(shard_of, np.int32), np.array(rows, np.int64),
+                             np.array(targets, np.int64))
+    if images:
+        images.fill(split_index)
+    return split_index
 
 
-def _image_of(row: dict, column: str, index: Path) -> str:
-    if not row.get(column):
-        raise ValueError(f"{index}: chunks without {column[len('image_'):]} images (preprocess with "
-                         f"`preprocess.images: true` and that feature in `preprocess.image_features` to train on "
-                         f"them), e.g. {row['path']}")
-    return row[column]
+class ImageColumn:
+    """Collects one image column while the index is read: per shard its tar and per chunk two integers when the
+    index says where each image lies (tar shards), else each chunk's reference (image files, older indexes)."""
+
+    def __init__(self, column: str, index: Path) -> None:
+        self.column, self.index = column, index
+        self.tars: list[str] = []
+        self.at: list[tuple[int, int]] = []
+        self.references: list[str] = []
+
+    def add(self, row: dict, shard: int) -> None:
+        reference = row.get(self.column)
+        if not reference:
+            raise ValueError(f"{self.index}: chunks without {self.column[len('image_'):]} images (preprocess with "
+                             f"`preprocess.images: true` and that feature in `preprocess.image_features` to train "
+                             f"on them), e.g. {row['path']}")
+        in_tar = split_reference(reference)
+        if in_tar and row.get(f"{self.column}_offset"):
+            if shard == len(self.tars):
+                self.tars.append(in_tar[0])
+            self.at.append((int(row[f"{self.column}_offset"]), int(row[f"{self.column}_size"])))
+        else:
+            self.references.append(reference)
+
+    def fill(self, split_index: SplitIndex) -> None:
+        if self.references and self.at:
+            raise ValueError(f"{self.index}: {self.column} gives the bytes of some images and not of others")
+        if self.at:
+            split_index.image_tars, split_index.image_at = self.tars, np.array(self.at, np.int64)
+        else:
+            split_index.images = self.references
 
 
 class Standardise:
@@ -222,6 +255,9 @@ class SpectrogramImages(Dataset):
 
     def encoded(self, i: int) -> bytes:
         """Sample i's image file as stored (PNG or JPEG bytes)."""
+        if self.index.image_at is not None:
+            offset, size = self.index.image_at[i]
+            return self.files.read(self.root / self.index.image_tars[self.shard_of[i]], int(offset), int(size))
         reference = self.index.images[i]
         in_tar = split_reference(reference)
         if in_tar is None:

@@ -86,16 +86,20 @@ def test_each_task_writes_one_tar_per_feature_in_webdataset_layout(shards_run):
 def test_index_points_into_the_tars_with_the_images_of_the_files_layout(shards_run, files_run):
     sharded, files = read_index(shards_run), read_index(files_run)
     assert len(sharded) == len(files) > 20
-    image_columns = [f"image_{f}" for f in FEATURES]
+    image_columns = [f"image_{f}{part}" for f in FEATURES for part in ("", "_offset", "_size")]
     for a, b in zip(sharded, files, strict=True):
         assert {k: v for k, v in a.items() if k not in image_columns} == \
             {k: v for k, v in b.items() if k not in image_columns}
-        for column in image_columns:
+        for column in image_columns[::3]:
+            assert b[f"{column}_offset"] == b[f"{column}_size"] == ""  # image files: no bytes within a tar
             tar, member = split_reference(a[column])
             assert tar == f"images/{column.removeprefix('image_')}/{a['shard']}.tar"
             assert split_reference(b[column]) is None and (files_run / b[column]).is_file()
             data = read_member(shards_run / tar, member)
             assert data == (files_run / b[column]).read_bytes()  # what images.encode made, byte for byte
+            with open(shards_run / tar, "rb") as f:  # the index says where those bytes lie
+                f.seek(int(a[f"{column}_offset"]))
+                assert f.read(int(a[f"{column}_size"])) == data
             with Image.open(io.BytesIO(data)) as image, Image.open(files_run / b[column]) as reference:
                 assert image.format == "PNG" and image.size == (32, 32)
                 assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(reference.convert("RGB")))

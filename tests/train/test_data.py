@@ -57,25 +57,43 @@ def test_images_come_from_the_tar_member_the_index_names(features):
         assert torch.equal(x, image_tensor(pixels)) and labels[int(y)] == meta["label"]
 
 
+def rewrite_index(run, change) -> None:
+    index_path = RunLayout(run).features.index
+    with open(index_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        change(row)
+    with open(index_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_an_index_without_image_offsets_reads_the_same_through_the_tars_member_tables(tmp_path, features):
+    """Indexes written before the offsets were recorded name only `tar#member`: the reader then finds each member
+    in the tar's own headers."""
+    run = tmp_path / "run"
+    shutil.copytree(features, run, ignore=shutil.ignore_patterns("configs"))
+    rewrite_index(run, lambda row: row.update(image_logmel_offset="", image_logmel_size=""))
+    old, new = SpectrogramImages(run, "val", "logmel"), SpectrogramImages(features, "val", "logmel")
+    assert old.index.image_at is None and new.index.image_at is not None
+    assert all(torch.equal(old[i][0], new[i][0]) for i in range(len(new)))
+
+
 def test_images_exported_one_file_per_chunk_read_the_same(tmp_path, features):
     """`preprocess.image_layout: files` names each image's file instead of a tar member: here the tars unpacked and
     the index rewritten to name the files, which the reader must read as it reads the members."""
     run = tmp_path / "run"
     shutil.copytree(features, run, ignore=shutil.ignore_patterns("configs"))
-    index_path = RunLayout(run).features.index
-    with open(index_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
+
+    def export(row: dict) -> None:
         tar, member = split_reference(row["image_logmel"])
-        target = f"exported/{member}"
-        if not (run / target).exists():
+        if not (run / "exported" / member).exists():
             with tarfile.open(run / tar) as archive:
                 archive.extract(member, run / "exported", filter="data")
-        row["image_logmel"] = target
-    with open(index_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        row.update(image_logmel=f"exported/{member}", image_logmel_offset="", image_logmel_size="")
+
+    rewrite_index(run, export)
     exported, packed = SpectrogramImages(run, "val", "logmel"), SpectrogramImages(features, "val", "logmel")
     assert all(torch.equal(exported[i][0], packed[i][0]) for i in range(len(packed)))
 
