@@ -48,8 +48,20 @@ def visible_gpus(visible: str | None, count: int) -> list[str]:
     """What to set CUDA_VISIBLE_DEVICES to in each GPU worker: the entries of this process's own list (indices, UUIDs
     or MIG names, as SLURM or the user set it), else "0".."count-1"; `count` is the GPUs torch sees."""
     if visible is not None and visible.strip():
-        return [entry.strip() for entry in visible.split(",") if entry.strip()][:count]
+        return device_entries(visible)[:count]
     return [str(i) for i in range(count)]
+
+
+def device_entries(visible: str) -> list[str]:
+    """The entries of a CUDA_VISIBLE_DEVICES value, in order."""
+    return [entry.strip() for entry in visible.split(",") if entry.strip()]
+
+
+def torch_gpu_count() -> int:
+    """The GPUs torch sees here, counted through NVML: CUDA is not initialised in this process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def node_gpus(environ: Mapping[str, str], device: str) -> list[str]:
@@ -62,13 +74,11 @@ def node_gpus(environ: Mapping[str, str], device: str) -> list[str]:
         return []
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+        entries = device_entries(visible)
         return [] if entries == ["NoDevFiles"] else entries  # SLURM's value for GPUs without device files
     if environ.get("SLURM_JOB_ID"):
         return []
-    import torch
-
-    return visible_gpus(None, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return visible_gpus(None, torch_gpu_count())
 
 
 def rank_role(index: int, workers: int, gpus: list[str]) -> tuple[str | None, dict[str, int]]:
@@ -126,10 +136,7 @@ def local_plan(workers: int, device: str) -> WorkerPlan:
     """The plan for this machine. Counting GPUs goes through NVML and does not initialise CUDA in this process."""
     if device == "cpu":
         return WorkerPlan((), workers)
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return plan_workers(workers, device, visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), count))
+    return plan_workers(workers, device, visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch_gpu_count()))
 
 
 class SplitExecutor(Executor):
