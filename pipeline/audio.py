@@ -1,17 +1,20 @@
-"""Decoding any audio file into mono float32 samples at one sample rate."""
+"""Decoding any audio file into mono float32 samples at one sample rate, a block at a time."""
 
 from __future__ import annotations
 
 import os
 import stat
 import struct
-from functools import lru_cache
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.transforms as T
+
+from pipeline import ffmpeg_audio
+from pipeline.ffmpeg_audio import FfmpegError
+from pipeline.resampling import StreamResampler
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus"}
 """Suffixes (compared in lower case) of the files a folder dataset lists as audio; `load_audio` decodes each kind, with
@@ -26,28 +29,76 @@ class AudioError(ValueError):
     """A file that cannot be turned into samples; the message says which file and why."""
 
 
+BLOCK_SECONDS = 20.0
+"""Seconds of source audio decoded at a time: long enough that per-call overheads vanish, short enough that a
+block of 8 channels at 192 kHz is under 150 MB."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header (or ffprobe) says, before any sample is decoded."""
+
+    rate: int
+    channels: int
+    kind: str
+    """libsndfile's format name (WAV, FLAC, MP3, ...) or "ffmpeg"."""
+
+
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Decode `path`, mix it down to mono and resample it to `sample_rate`.
+    """Decode `path` whole, mixed down to mono at `sample_rate` (for short files: demo sources, a prediction); the
+    preprocessing streams instead (`stream_audio`)."""
+    blocks = list(stream_audio(path, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def stream_audio(path: str | Path, sample_rate: int,
+                 block_seconds: float | Callable[[AudioInfo], float] = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Decode `path` a block at a time, mix each block down to mono and resample it to `sample_rate`: mono float32
+    blocks whose concatenation is the whole recording, with memory bounded by one block whatever the file's length.
 
     libsndfile (soundfile) decodes wav/flac/ogg/mp3 in-process; an MP3 without a length header and anything
-    libsndfile refuses go through ffmpeg via pydub. Every way a file can fail is an AudioError naming the file and
-    what is wrong with it, so that one bad file is one reject and never a crashed run. Decoding is strict: a file
-    that ends before the length its own header declares (a cut-off copy or download) is refused rather than used as
-    the fragment that decodes, because a fragment would enter the dataset with nothing to show that the recording is
-    damaged.
+    libsndfile refuses go through ffmpeg (`pipeline.ffmpeg_audio`). Every way a file can fail is an AudioError
+    naming the file and what is wrong with it, so that one bad file is one reject and never a crashed run; an error
+    can come after some blocks, and the caller then drops what it made of them. Decoding is strict: a file that ends
+    before the length its own header declares (a cut-off copy or download) is refused rather than used as the
+    fragment that decodes, because a fragment would enter the dataset with nothing to show that the recording is
+    damaged. `block_seconds` may be a function of the file's AudioInfo (which may refuse the file, raising
+    AudioError), for a block sized to the memory there is.
     """
+    info, source = open_audio(path)
+    seconds = block_seconds(info) if callable(block_seconds) else block_seconds
+    resample = StreamResampler(info.rate, sample_rate) if info.rate != sample_rate else None
+    received = 0
+    for block in source(max(1, round(seconds * info.rate))):
+        if not np.isfinite(block).all():
+            raise AudioError(f"{path}: holds non-finite samples (NaN or infinity), which would poison the feature "
+                             "statistics")
+        received += len(block)
+        mono = block.mean(axis=1, dtype=np.float32)
+        yield resample.push(mono) if resample else mono
+    if received == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if resample:
+        yield resample.finish()
+
+
+def open_audio(path: str | Path) -> tuple[AudioInfo, Callable[[int], Iterator[np.ndarray]]]:
+    """The file's rate and channels, and a function of a block size (frames) that yields its [frames, channels]
+    float32 blocks; from libsndfile where it can, else from ffmpeg."""
     path = Path(path)
     check_readable(path)
-    samples, rate = _decode(path)
-    if samples.size == 0:
-        raise AudioError(f"{path}: contains no samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{path}: holds non-finite samples (NaN or infinity), which would poison the feature "
-                         "statistics")
-    mono = samples.mean(axis=1)
-    if rate != sample_rate:
-        mono = _resampler(rate, sample_rate)(torch.from_numpy(mono)).numpy()
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    try:
+        sound = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        return _ffmpeg_source(path, libsndfile=_libsndfile_reason(err))
+    info = AudioInfo(sound.samplerate, sound.channels, sound.format)
+    if info.kind in MPEG and not _has_mpeg_length_header(path):
+        # Without a length header libsndfile 1.2 ends an MP3 at its own estimate (file size over the first frame's
+        # bitrate), for a VBR file often half the audio, and says nothing; ffmpeg decodes the whole stream. Such a
+        # file's length is unknown, so a cut-off one cannot be told from a complete one.
+        sound.close()
+        return _ffmpeg_source(path)
+    return info, lambda frames: _sndfile_blocks(path, sound, info, frames)
 
 
 def check_readable(path: Path) -> None:
@@ -75,33 +126,26 @@ def check_readable(path: Path) -> None:
         raise AudioError(f"{path}: cannot be opened for reading ({err.strerror})") from err
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """[frames, channels] float32 samples and their rate, from libsndfile where it can, else from ffmpeg."""
-    try:
-        sound = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        return _load_with_ffmpeg(path, libsndfile=_libsndfile_reason(err))
-    with sound:
-        kind, rate, declared = sound.format, sound.samplerate, sound.frames
-        if kind in MPEG and not _has_mpeg_length_header(path):
-            samples = None
-        else:
-            try:
-                samples = sound.read(dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise AudioError(f"{path}: truncated or damaged {kind} audio: decoding stopped before the "
-                                 f"{declared / rate:.2f} s its header declares ({_libsndfile_reason(err)})") from err
-    if samples is None:
-        # Without a length header libsndfile 1.2 ends an MP3 at its own estimate (file size over the first frame's
-        # bitrate), for a VBR file often half the audio, and says nothing; ffmpeg decodes the whole stream. Such a
-        # file's length is unknown, so a cut-off one cannot be told from a complete one.
-        return _load_with_ffmpeg(path)
-    if kind in ("WAV", "WAVEX"):
+def _sndfile_blocks(path: Path, sound: sf.SoundFile, info: AudioInfo, frames: int) -> Iterator[np.ndarray]:
+    declared = sound.frames
+    if info.kind in ("WAV", "WAVEX"):
         declared = _wav_declared_frames(path) or declared  # libsndfile clamps a cut-off data chunk to what is there
-    if len(samples) < declared - (MPEG_FRAME if kind in MPEG else 0):
-        raise AudioError(f"{path}: truncated {kind} audio: {len(samples) / rate:.2f} s decodable of the "
-                         f"{declared / rate:.2f} s its header declares")
-    return samples, rate
+    read = 0
+    with sound:
+        while True:
+            try:
+                block = sound.read(frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise AudioError(f"{path}: truncated or damaged {info.kind} audio: decoding stopped before the "
+                                 f"{declared / info.rate:.2f} s its header declares "
+                                 f"({_libsndfile_reason(err)})") from err
+            if not len(block):
+                break
+            read += len(block)
+            yield block
+    if read < declared - (MPEG_FRAME if info.kind in MPEG else 0):
+        raise AudioError(f"{path}: truncated {info.kind} audio: {read / info.rate:.2f} s decodable of the "
+                         f"{declared / info.rate:.2f} s its header declares")
 
 
 def _has_mpeg_length_header(path: Path) -> bool:
@@ -146,31 +190,22 @@ def _wav_declared_frames(path: Path) -> int | None:
     return None
 
 
-@lru_cache(maxsize=16)
-def _resampler(source_rate: int, target_rate: int) -> T.Resample:
-    """Cached because building the polyphase kernel costs more than applying it to a short file."""
-    return T.Resample(source_rate, target_rate)
-
-
-def _load_with_ffmpeg(path: Path, libsndfile: str = "") -> tuple[np.ndarray, int]:
-    from pydub import AudioSegment
-    from pydub.exceptions import CouldntDecodeError
+def _ffmpeg_source(path: Path, libsndfile: str = "") -> tuple[AudioInfo, Callable[[int], Iterator[np.ndarray]]]:
+    def refused(err: FfmpegError) -> AudioError:
+        return AudioError(f"{path}: not decodable audio ({libsndfile + '; ' if libsndfile else ''}ffmpeg: {err})")
 
     try:
-        segment = AudioSegment.from_file(str(path))
-    except (CouldntDecodeError, IndexError, OSError) as err:
-        raise AudioError(f"{path}: not decodable audio ({libsndfile + '; ' if libsndfile else ''}"
-                         f"ffmpeg: {_ffmpeg_reason(err, path)})") from err
-    data = np.array(segment.get_array_of_samples(), dtype=np.float32)
-    data = data.reshape(-1, segment.channels) / float(1 << (8 * segment.sample_width - 1))
-    return data, segment.frame_rate
+        rate, channels = ffmpeg_audio.probe(path)
+    except ffmpeg_audio.FfmpegError as err:
+        raise refused(err) from err
 
+    def source(frames: int) -> Iterator[np.ndarray]:
+        try:
+            yield from ffmpeg_audio.blocks(path, channels, frames)
+        except ffmpeg_audio.FfmpegError as err:
+            raise refused(err) from err
 
-def _ffmpeg_reason(err: Exception, path: Path) -> str:
-    """ffmpeg's own complaint: the last line of its output that pydub quotes, without the file name it repeats."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    reason = lines[-1] if lines else type(err).__name__
-    return reason.removeprefix(f"{path}: ")[:200]
+    return AudioInfo(rate, channels, "ffmpeg"), source
 
 
 def save_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:

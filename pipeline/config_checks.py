@@ -67,6 +67,8 @@ def _preprocess_ranges(pre: PreprocessConfig, sample_rate: int) -> dict[str, boo
         "preprocess.hop_length": 0 < pre.hop_length <= pre.n_fft,
         "preprocess.workers": pre.workers >= 1,
         "preprocess.files_per_task": pre.files_per_task >= 1,
+        "preprocess.task_megabytes": pre.task_megabytes > 0,
+        "preprocess.worker_memory_mb": pre.worker_memory_mb is None or pre.worker_memory_mb > 0,
         "preprocess.slurm_cluster.jobs": jobs.jobs >= 1,
         "preprocess.slurm_cluster.cores": jobs.cores >= 1,
         "preprocess.slurm_cluster.processes": 1 <= jobs.processes <= jobs.cores,

@@ -128,6 +128,14 @@ class PreprocessConfig:
     slurm/preprocess.sbatch spreads the work over the nodes of its allocation)."""
     files_per_task: int = 64
     """Source files per Dask task (one feature shard each); large enough that scheduling overhead stays small."""
+    task_megabytes: float = 256.0
+    """Most input (MB of audio files on disk) per task: a task takes files until one more would pass it, so that
+    one long recording is a task of its own instead of the straggler of 63 others. A file larger than this alone is
+    still one task; it is decoded in blocks, so its size sets the task's time, not the worker's memory."""
+    worker_memory_mb: float | None = None
+    """Memory a Dask worker may use, in MB; none: the worker's own `memory_limit`. A file whose decoding would not
+    fit what is left of it (after the worker's resident memory, under Dask's pause threshold) is rejected with the
+    figures, instead of being the task that makes the nanny kill the worker."""
     cluster: Literal["local", "slurm", "mpi"] = "local"
     """Where the Dask workers come from: `local`, a LocalCluster of `workers` processes here; `slurm`, SLURM jobs
     submitted by dask-jobqueue as `slurm_cluster` says; `mpi`, the ranks of an MPI launch (dask-mpi: rank 0 the

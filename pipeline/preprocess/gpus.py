@@ -152,12 +152,19 @@ class SplitExecutor(Executor):
         return self._base.submit(fn, *args, **kwargs)
 
     def submit_task(self, task, config, sample_rate: int, run_dir: str, root: str) -> Future:
-        from pipeline.preprocess.task import decode_task, finish_task
+        """Decode on a CPU worker, then features on a GPU worker; a task over `preprocess.task_megabytes` (one long
+        file) runs whole on the GPU worker instead, streaming, because its decoded chunks would not fit in memory
+        on their way from one worker to the other."""
+        from pipeline.preprocess.task import decode_task, finish_task, run_task
 
-        decoded = self._client.submit(decode_task, task, config, sample_rate, root, resources={DECODE: 1},
-                                      retries=self._retries, pure=False)
-        done = self._client.submit(finish_task, decoded, task, config, sample_rate, run_dir, resources={GPU: 1},
-                                   retries=self._retries, pure=False)
+        if task.input_bytes > config.task_megabytes * 1e6:
+            done = self._client.submit(run_task, task, config, sample_rate, run_dir, root, resources={GPU: 1},
+                                       retries=self._retries, pure=False)
+        else:
+            decoded = self._client.submit(decode_task, task, config, sample_rate, root, resources={DECODE: 1},
+                                          retries=self._retries, pure=False)
+            done = self._client.submit(finish_task, decoded, task, config, sample_rate, run_dir,
+                                       resources={GPU: 1}, retries=self._retries, pure=False)
         result: Future = Future()
 
         def copy(finished) -> None:

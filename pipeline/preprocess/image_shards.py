@@ -39,10 +39,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO
-
-if TYPE_CHECKING:
-    from webdataset import TarWriter
+from typing import BinaryIO
 
 MTIME = 0
 """mtime of every member (1970-01-01): a fixed value, so that the bytes do not depend on when the task ran."""
@@ -76,26 +73,26 @@ def split_reference(reference: str) -> tuple[str, str] | None:
 class ImageShards:
     """The tars of one task while it runs: one per feature, written under a temporary name until `commit`.
 
-    Used as a context manager; leaving it without `commit` (an exception, or a task that finds its shard complete)
-    deletes the temporary files, so a failed attempt leaves nothing a reader could take for a shard.
+    The members are written here rather than through webdataset's TarWriter, for two things a task needs: each
+    image's data offset is known as it is written (the index records it), and `mark` / `rollback` cut a source
+    file's images back out when its decoding fails part-way (the file is truncated to the mark). Used as a context
+    manager; leaving it without `commit` (an exception, or a task that finds its shard complete) deletes the
+    temporary files, so a failed attempt leaves nothing a reader could take for a shard.
     """
 
     def __init__(self, images_dir: Path, task_id: int, features: list[str]) -> None:
-        from webdataset import TarWriter  # here: webdataset imports torch, which the readers below do not need
-
         self.task_id = task_id
         self._final = {feature: Path(images_dir) / feature / shard_file(task_id) for feature in features}
         self._tmp: dict[str, Path] = {}
         self._streams: dict[str, BinaryIO] = {}
-        self._writers: dict[str, TarWriter] = {}
+        self._marks: dict[str, int] = {}
         try:
             for feature, final in self._final.items():
                 final.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
                 self._tmp[feature] = Path(tmp)
-                self._streams[feature] = os.fdopen(fd, "wb")
-                self._writers[feature] = TarWriter(self._streams[feature], user=OWNER, group=OWNER, mode=MODE,
-                                                   encoder=False, mtime=MTIME)
+                self._streams[feature] = os.fdopen(fd, "wb+")
+                self._marks[feature] = 0
         except BaseException:
             self.discard()
             raise
@@ -106,18 +103,29 @@ class ImageShards:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.discard()
 
-    def write(self, feature: str, key: str, suffix: str, image: bytes, meta: dict) -> str:
+    def write(self, feature: str, key: str, suffix: str, image: bytes, meta: dict) -> tuple[str, int, int]:
         """Add one chunk's sample (`<key>.<suffix>` and `<key>.json`) to the feature's tar; returns the image
-        member's name."""
-        if feature not in self._writers:
+        member's name, the offset of its bytes in the tar and their size."""
+        if feature not in self._streams:
             raise KeyError(f"image shard of task {self.task_id}: no tar for feature {feature!r} (opened for "
-                           f"{sorted(self._writers)})")
-        text = json.dumps(meta, ensure_ascii=False).encode()
-        self._writers[feature].write({"__key__": key, suffix: image, "json": text})
-        return f"{key}.{suffix}"
+                           f"{sorted(self._streams)})")
+        member = f"{key}.{suffix}"
+        parts = {member: image, f"{key}.json": json.dumps(meta, ensure_ascii=False).encode()}
+        offsets = {name: _write_member(self._streams[feature], name, parts[name]) for name in sorted(parts)}
+        return member, offsets[member], len(image)  # in sorted order, as WebDataset's TarWriter writes a sample
+
+    def mark(self) -> None:
+        self._marks = {feature: stream.tell() for feature, stream in self._streams.items()}
+
+    def rollback(self) -> None:
+        for feature, stream in self._streams.items():
+            stream.truncate(self._marks[feature])
+            stream.seek(self._marks[feature])
 
     def commit(self) -> list[Path]:
         """Finish every tar and rename it into place, replacing what an earlier, incomplete attempt left."""
+        for stream in self._streams.values():
+            _write_end(stream)
         self._close()
         for feature, tmp in list(self._tmp.items()):
             os.chmod(tmp, 0o644)  # mkstemp makes files private to their owner; shards are for the group to read
@@ -133,10 +141,26 @@ class ImageShards:
         self._tmp.clear()
 
     def _close(self) -> None:
-        for feature in list(self._writers):
-            self._writers.pop(feature).close()  # the tar's end blocks; the stream is ours to close
         for feature in list(self._streams):
             self._streams.pop(feature).close()
+
+
+def _write_member(stream: BinaryIO, name: str, data: bytes) -> int:
+    """Append one regular file (a POSIX.1-2001 header, as Python's tarfile writes it; names of any length and
+    script) and return where its data starts."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), MTIME, MODE
+    info.uname = info.gname = OWNER
+    stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    offset = stream.tell()
+    stream.write(data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE))
+    return offset
+
+
+def _write_end(stream: BinaryIO) -> None:
+    """The end-of-archive marker, two zero blocks, padded to tarfile's record size as `tarfile.close` pads it."""
+    stream.write(tarfile.NUL * 2 * tarfile.BLOCKSIZE)
+    stream.write(tarfile.NUL * (-stream.tell() % tarfile.RECORDSIZE))
 
 
 def remove_partial(images_dir: Path) -> int:

@@ -14,12 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, as_completed
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import ExperimentConfig, PreprocessConfig
 from pipeline.data.manifest import read_manifest
-from pipeline.data.sources import SourceFile, data_root
+from pipeline.data.sources import SourceFile, data_root, source_path
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.layout import FeaturePaths, RunLayout
 from pipeline.preprocess import image_shards, shards
@@ -36,19 +37,42 @@ TASK_ORDER_SALT = b"pipeline.preprocess.make_tasks/v1"
 same tasks out of the same manifest (changing it changes every shard)."""
 
 
-def make_tasks(files: list[SourceFile], files_per_task: int) -> list[Task]:
-    """`files_per_task` files per task, taken in a fixed shuffled order: shuffle before sharding, as WebDataset
-    recommends. Manifests are sorted by label, so slices of the manifest would give each shard one class, and a
-    trainer that reads shard by shard (as one reads tars) would see one class at a time; shuffled, every shard
-    mixes the classes in about their proportions.
+def make_tasks(files: list[SourceFile], files_per_task: int, task_megabytes: float = float("inf"),
+               root: str | Path | None = None) -> list[Task]:
+    """At most `files_per_task` files and `task_megabytes` of input per task (a file larger than that is a task of
+    its own), taken in a fixed shuffled order: shuffle before sharding, as WebDataset recommends. Manifests are
+    sorted by label, so slices of the manifest would give each shard one class, and a trainer that reads shard by
+    shard (as one reads tars) would see one class at a time; shuffled, every shard mixes the classes in about their
+    proportions. Sizes are the files' sizes on disk under the data `root` (a missing file counts 0: it becomes a
+    reject), so cutting needs one stat per file and no decoding.
 
     The order is that of a salted SHA-256 of each file's path (relative to the data root), not of `random`, whose
     shuffle Python does not promise to keep across versions: resuming on another machine or Python must cut the
     same tasks, or complete shards would hold the files of other tasks.
     """
     ordered = sorted(files, key=lambda f: hashlib.sha256(TASK_ORDER_SALT + f.path.encode()).digest())
-    return [Task(i, tuple(ordered[start:start + files_per_task]))
-            for i, start in enumerate(range(0, len(ordered), files_per_task))]
+    limit = task_megabytes * 1e6
+    tasks: list[Task] = []
+    batch: list[SourceFile] = []
+    size = 0
+    for source, nbytes in zip(ordered, (_file_size(root, f) for f in ordered), strict=True):
+        if batch and (len(batch) == files_per_task or size + nbytes > limit):
+            tasks.append(Task(len(tasks), tuple(batch), size))
+            batch, size = [], 0
+        batch.append(source)
+        size += nbytes
+    if batch:
+        tasks.append(Task(len(tasks), tuple(batch), size))
+    return tasks
+
+
+def _file_size(root: str | Path | None, source: SourceFile) -> int:
+    if root is None:
+        return 0
+    try:
+        return source_path(str(root), source.path).stat().st_size
+    except OSError:
+        return 0
 
 
 def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> PreprocessSummary:
@@ -62,7 +86,9 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
     check_or_record(config)
     check_pool(executor, config.preprocess.device)
     _remove_partial(layout)
-    tasks = make_tasks(read_manifest(layout.manifest), config.preprocess.files_per_task)
+    root = str(data_root(config.data).absolute())  # here, so that workers started elsewhere find the data
+    tasks = make_tasks(read_manifest(layout.manifest), config.preprocess.files_per_task,
+                       config.preprocess.task_megabytes, root)
     complete = {task.task_id for task in tasks if shards.is_complete(features.folder, task.task_id)}
     pending = [task for task in tasks if task.task_id not in complete]
     print(f"preprocess: {len(tasks)} tasks, {len(complete)} already complete, running {len(pending)}",
@@ -72,7 +98,6 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
     workers = _worker_count(executor)
     try:
         summaries = [shards.read_summary(features.folder, task_id) for task_id in sorted(complete)]
-        root = str(data_root(config.data).absolute())  # here, so that workers started elsewhere find the data
         args = (config.preprocess, config.data.sample_rate, str(layout.root), root)
         for summary in _run(pending, args, executor, progress):
             summaries.append(summary)

@@ -1,8 +1,9 @@
 """Feature shards: one folder per Dask task, written atomically, plus one index over all of them.
 
 A shard holds one `.npy` array per feature ([chunks, bins, frames], float16) and `chunks.csv` naming each row's
-source file, label and split. `.npy` was chosen because the trainer can memory-map it and read any row without
-decoding a container, and numpy is all it takes to inspect one. A shard folder is built under a temporary name and
+source file, label and split; the arrays are written a batch at a time (`ShardWriter`). `.npy` was chosen because
+the trainer reads any row with one read at an offset its header gives, without decoding a container, and numpy is
+all it takes to inspect one. A shard folder is built under a temporary name and
 renamed into place, so a folder named `shard-NNNNN` is always complete: that rename is the completion marker.
 
 This module owns the layout inside a shard folder (`<feature>.npy`, `chunks.csv`, `summary.json`); the folders
@@ -12,6 +13,7 @@ around it are `pipeline.layout.FeaturePaths`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -73,27 +75,109 @@ def remove_partial(features_dir: Path) -> int:
     return len(partial)
 
 
-def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray], rows: list[dict],
-                summary: TaskSummary) -> Path:
-    final = shard_dir(features_dir, task_id)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=features_dir))
-    try:
-        os.chmod(tmp, Path(features_dir).stat().st_mode & 0o7777)  # mkdtemp's 0700 would hide it from the group
+class ShardWriter:
+    """One task's shard while the task runs: feature rows appended to `.npy` files in a temporary folder as batches
+    are made, so that a shard never has to fit in memory, then renamed into place by `finish`.
+
+    `mark` and `rollback` bracket one source file: a file whose decoding fails after some of its batches were
+    written is cut back out (the files are truncated to the mark), and its rejection leaves the shard as if the
+    file had never been read. Used as a context manager; leaving without `finish` deletes the temporary folder.
+    """
+
+    def __init__(self, features_dir: Path, task_id: int) -> None:
+        self.final = shard_dir(features_dir, task_id)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=features_dir))
+        os.chmod(self.tmp, Path(features_dir).stat().st_mode & 0o7777)  # mkdtemp's 0700 would hide it from the group
+        self._arrays: dict[str, NpyAppender] = {}
+        self._marks: dict[str, int] = {}
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for array in self._arrays.values():
+            array.close()
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        """Add one batch of rows ([n, bins, frames] per feature), stored as float16."""
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array.astype(np.float16))
-        with open(tmp / CHUNKS, "w", newline="") as f:
+            if name not in self._arrays:
+                self._arrays[name] = NpyAppender(self.tmp / f"{name}.npy", array.shape[1:])
+                self._marks.setdefault(name, 0)
+            self._arrays[name].append(array.astype(np.float16))
+
+    def mark(self) -> None:
+        self._marks = {name: array.rows for name, array in self._arrays.items()}
+
+    def rollback(self) -> None:
+        for name, array in self._arrays.items():
+            array.truncate(self._marks.get(name, 0))
+
+    def finish(self, rows: list[dict], summary: TaskSummary) -> Path:
+        """Write chunks.csv and summary.json and rename the folder into place (unless an earlier attempt of the same
+        task, a retried worker, finished first)."""
+        for array in self._arrays.values():
+            array.close()
+            if not rows:  # as before streaming: a shard of rejects only has no arrays
+                array.path.unlink()
+        with open(self.tmp / CHUNKS, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CHUNK_COLUMNS, restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        (tmp / SUMMARY).write_text(json.dumps(summary.to_dict()))
-        if final.exists():  # an earlier attempt of the same task (a retried worker) finished first
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return final
+        (self.tmp / SUMMARY).write_text(json.dumps(summary.to_dict()))
+        if not self.final.exists():
+            os.rename(self.tmp, self.final)
+        return self.final
+
+
+class NpyAppender:
+    """A `.npy` file of float16 rows written a batch at a time: the header, whose shape names the row count, is
+    reserved first and rewritten by `close` (same length: numpy pads headers to 64 bytes, and the reserved one
+    holds the largest count)."""
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...]) -> None:
+        self.path, self.row_shape, self.rows = path, tuple(row_shape), 0
+        self._file = open(path, "wb+")  # noqa: SIM115 - open across appends; `close` ends it
+        self._header = len(self._header_bytes(10**15))
+        self._row_bytes = 2 * int(np.prod(self.row_shape))
+        self._file.write(self._header_bytes(10**15))
+
+    def _header_bytes(self, rows: int) -> bytes:
+        out = io.BytesIO()
+        header = {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (rows, *self.row_shape)}
+        np.lib.format.write_array_header_1_0(out, header)
+        return out.getvalue()
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, the shard's are {self.row_shape}")
+        self._file.write(np.ascontiguousarray(rows).tobytes())
+        self.rows += len(rows)
+
+    def truncate(self, rows: int) -> None:
+        self._file.truncate(self._header + rows * self._row_bytes)
+        self._file.seek(0, os.SEEK_END)
+        self.rows = rows
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        header = self._header_bytes(self.rows)
+        if len(header) != self._header:
+            raise AssertionError(f"{self.path}: npy header changed length ({len(header)} != {self._header})")
+        self._file.seek(0)
+        self._file.write(header)
+        self._file.close()
+
+
+def write_shard(features_dir: Path, task_id: int, arrays: dict[str, np.ndarray], rows: list[dict],
+                summary: TaskSummary) -> Path:
+    """A whole shard at once (arrays already in memory)."""
+    with ShardWriter(features_dir, task_id) as writer:
+        writer.append(arrays)
+        return writer.finish(rows, summary)
 
 
 def read_summary(features_dir: Path, task_id: int) -> TaskSummary:

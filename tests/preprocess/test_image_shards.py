@@ -200,13 +200,21 @@ def test_make_tasks_mixes_labels_in_a_fixed_order():
 def test_image_shards_are_deterministic_and_leave_nothing_when_they_fail(tmp_path):
     def write(folder: Path) -> bytes:
         with ImageShards(folder, 7, ["logmel"]) as tars:
-            assert tars.write("logmel", "a_b-c0000", "jpg", b"\xff\xd8 jpeg", {"chunk": 0}) == "a_b-c0000.jpg"
+            member, offset, size = tars.write("logmel", "a_b-c0000", "jpg", b"\xff\xd8 jpeg", {"chunk": 0})
+            assert member == "a_b-c0000.jpg" and size == 7
+            tars.mark()
+            tars.write("logmel", "a file that failed later", "jpg", b"\xff\xd8 gone", {})
+            tars.rollback()  # its decoding failed: its images are cut back out
             tars.write("logmel", "ž #1", "jpg", b"\xff\xd8 more", {"path": "ž #1.wav"})
             tars.commit()
-        return (folder / "logmel" / "shard-00007.tar").read_bytes()
+        tar = folder / "logmel" / "shard-00007.tar"
+        assert member_table(tar)[member] == (offset, size)  # the offset the writer returned is where the bytes are
+        return tar.read_bytes()
 
     assert write(tmp_path / "a") == write(tmp_path / "b")
-    assert read_member(tmp_path / "a" / "logmel" / "shard-00007.tar", "ž #1.jpg") == b"\xff\xd8 more"
+    tar = tmp_path / "a" / "logmel" / "shard-00007.tar"
+    assert read_member(tar, "ž #1.jpg") == b"\xff\xd8 more"
+    assert sorted(member_table(tar)) == ["a_b-c0000.jpg", "a_b-c0000.json", "ž #1.jpg", "ž #1.json"]
     with pytest.raises(RuntimeError), ImageShards(tmp_path / "c", 0, ["logmel", "mfcc"]) as tars:
         tars.write("mfcc", "k", "png", b"png", {})
         raise RuntimeError("the task failed")

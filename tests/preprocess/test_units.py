@@ -5,9 +5,15 @@ import torchaudio.transforms as T
 
 from pipeline.config import PreprocessConfig
 from pipeline.preprocess import shards
-from pipeline.preprocess.chunking import chunk_bounds, cut_chunks, split_into_chunks
+from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
 from pipeline.preprocess.images import colormap_table, render
+
+
+def chunk_bounds(n: int, chunk: int, hop: int, last: str, min_last: float) -> list[tuple[int, int]]:
+    """The chunker's (start, end) of `n` samples, at 1 Hz so that seconds are samples."""
+    config = PreprocessConfig(chunk_seconds=chunk, hop_seconds=hop, last_chunk=last, min_last_chunk=min_last)
+    return split_into_chunks(np.ones(n, np.float32), config, 1).bounds
 
 
 def test_chunk_bounds_drop_and_pad():
@@ -45,10 +51,11 @@ def test_mel_band_limits_move_the_filterbank():
     assert wide.mean(dim=2).max() - low.mean(dim=2).max() > 20
 
 
-def test_cut_chunks_zero_pads_last():
-    chunks = cut_chunks(np.arange(1, 11, dtype=np.float32), [(0, 4), (4, 8), (8, 10)], 4)
-    assert chunks.shape == (3, 4)
-    assert chunks[2].tolist() == [9, 10, 0, 0]
+def test_a_short_last_chunk_is_zero_padded():
+    config = PreprocessConfig(chunk_seconds=4, last_chunk="pad", min_last_chunk=0.5)
+    chunks = split_into_chunks(np.arange(1, 11, dtype=np.float32), config, 1)
+    assert chunks.samples.shape == (3, 4)
+    assert chunks.samples[2].tolist() == [9, 10, 0, 0]
 
 
 def test_features_match_torchaudio_mfcc_and_do_not_depend_on_batching():
