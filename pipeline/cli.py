@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.api import Experiment, report
 from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.io import DiskFullError
 from pipeline.layout import TrainingPaths
 from pipeline.train.interrupt import TrainingInterrupted
 
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"pipeline {args.command}: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+    # RuntimeError covers a held run lock (RunLockHeld) and a refused model or checkpoint file (UnsafeFileError)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, DiskFullError) as err:
         print(f"pipeline {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from pipeline.data.demo import build_demo
 from pipeline.data.manifest import manifest_and_summary, write_manifest
 from pipeline.data.spoof import build_spoof, is_built
 from pipeline.layout import RunLayout
+from pipeline.run_lock import RunLock, lock_path
 
 if TYPE_CHECKING:
     from pipeline.records import PreprocessSummary
@@ -41,17 +43,30 @@ def data_stage(config: ExperimentConfig) -> Path:
 
 
 def preprocess_stage(config: ExperimentConfig) -> PreprocessSummary:
+    """Preprocess the run folder, holding its `preprocess.lock` (`pipeline.run_lock`): a second preprocessing of
+    the same folder is refused before it touches anything.
+
+    The lock is taken before the Dask cluster starts (a refused run submits no worker jobs), except under dask-mpi,
+    where every MPI rank runs this and only the client rank comes out of `dask_executor`: it takes the lock there."""
     from pipeline.preprocess.cluster import dask_executor
     from pipeline.preprocess.run import preprocess
 
     layout = RunLayout(config.run_dir)
-    with dask_executor(config.preprocess, log_dir=layout.slurm.logs) as executor:
+    lock = RunLock(lock_path(layout.root, "preprocess"), "preprocess", config.name)
+    on_every_rank = config.preprocess.cluster == "mpi" and not config.preprocess.scheduler_file
+    before, after = _one_of(lock, first=not on_every_rank)
+    with before, dask_executor(config.preprocess, log_dir=layout.slurm.logs) as executor, after:
         summary = preprocess(config, executor)
     this_run = summary.runs[-1]
     print(f"preprocess: {summary.chunks} chunks from {summary.files} files; this run did {this_run.tasks} "
           f"of {summary.tasks} tasks ({this_run.chunks} chunks) in {this_run.seconds:.1f} s, "
           f"{summary.rejected_files} files rejected (reasons in {layout.features.rejects})", flush=True)
     return summary
+
+
+def _one_of(lock: RunLock, first: bool) -> tuple[AbstractContextManager, AbstractContextManager]:
+    """(`lock`, nothing) when it is to be taken first, else (nothing, `lock`)."""
+    return (lock, nullcontext()) if first else (nullcontext(), lock)
 
 
 def train_stage(config: ExperimentConfig, force: bool = False, configuration: str | None = None,

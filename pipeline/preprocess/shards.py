@@ -12,6 +12,7 @@ around it are `pipeline.layout.FeaturePaths`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -96,7 +97,7 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         for array in self._arrays.values():
-            array.close()
+            array.discard()
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
 
@@ -160,6 +161,12 @@ class NpyAppender:
         self._file.truncate(self._header + rows * self._row_bytes)
         self._file.seek(0, os.SEEK_END)
         self.rows = rows
+
+    def discard(self) -> None:
+        """Close without finishing (the file is deleted with its folder); buffered rows that no longer fit on a
+        full disk are dropped instead of raising again."""
+        with contextlib.suppress(OSError):
+            self._file.close()
 
     def close(self) -> None:
         if self._file.closed:

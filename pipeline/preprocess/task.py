@@ -20,6 +20,7 @@ import torch
 from pipeline.audio import AudioError, stream_audio
 from pipeline.config import PreprocessConfig
 from pipeline.data.sources import SourceFile, source_path
+from pipeline.io import disk_full
 from pipeline.layout import RunLayout
 from pipeline.preprocess import image_shards, images, memory, shards
 from pipeline.preprocess.chunking import ChunkedRecording, Chunks
@@ -145,7 +146,19 @@ class FileChunks:
 def _write_task(files: Iterable[FileChunks], task: Task, config: PreprocessConfig, sample_rate: int,
                 run: Path) -> TaskSummary:
     """Features and images of every file's chunks into the task's shard, file by file: a file that fails part-way
-    is cut back out of the shard and becomes a reject."""
+    is cut back out of the shard and becomes a reject. A full file system or quota is a DiskFullError naming the
+    shard, its temporary files gone, so that the rerun once space is freed redoes the task."""
+    try:
+        return _write_shard(files, task, config, sample_rate, run)
+    except (OSError, RuntimeError) as err:  # soundfile's write errors are RuntimeErrors
+        full = disk_full(shards.shard_dir(RunLayout(run).features.folder, task.task_id), err)
+        if full is None:
+            raise
+        raise full from err
+
+
+def _write_shard(files: Iterable[FileChunks], task: Task, config: PreprocessConfig, sample_rate: int,
+                 run: Path) -> TaskSummary:
     features_dir = RunLayout(run).features.folder
     output = _TaskOutput(FeatureExtractor(config, sample_rate, feature_device(config.device)), config, sample_rate, run)
     with shards.ShardWriter(features_dir, task.task_id) as shard, _image_shards(run, task.task_id, config) as tars:

@@ -21,6 +21,7 @@ from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.preprocess import images
 from pipeline.preprocess.chunking import split_into_chunks
 from pipeline.preprocess.features import FeatureExtractor
+from pipeline.train import checkpoint
 from pipeline.train.data import build_dataset, image_tensor, normalise
 from pipeline.train.evaluation import EvalSettings, evaluate
 from pipeline.train.metrics import write_confusion
@@ -56,8 +57,11 @@ def choose(config: ExperimentConfig, name: str | None) -> Path:
 
 
 def load_trained(folder: Path) -> TrainedModel:
+    """A configuration's final weights and what rebuilds its model, from model.pt. The file is read as plain data
+    only (`checkpoint.read`): run folders are shared, and a crafted model.pt must not run code as whoever predicts
+    or evaluates with it."""
     model_pt = TrainingPaths(Path(folder)).model
-    state = torch.load(model_pt, map_location="cpu", weights_only=False)
+    state = checkpoint.read(model_pt)
     # The weights come from model.pt: no pretrained file is needed, and freezing is irrelevant for inference.
     train = build(TrainConfig, {**state["train"], "pretrained_weights": None, "freeze": "none"},
                   source=str(model_pt))

@@ -1,18 +1,31 @@
 """The training stage: one job per run of the sweep (world sizes x batch sizes x repeats, see `pipeline.sweep`),
-launched with torchrun on this machine or with srun (one task per rank) inside a SLURM allocation."""
+launched with torchrun on this machine or with srun (one task per rank) inside a SLURM allocation.
+
+This process owns each configuration's folder while it trains it: it holds the folder's `train.lock`
+(`pipeline.run_lock`) from before its first write (fingerprint, `--force`'s deletions) until no rank of it runs any
+more, across restarts. It is one process per configuration whatever starts the ranks (torchrun here; srun in a
+batch job, a submitit job or by hand), so the ranks need no lock of their own, and a refused second
+`pipeline train` starts no rank at all.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from pipeline import fingerprint
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.records import Interrupted, Skipped
+from pipeline.run_lock import RunLock, lock_path
 from pipeline.sweep import TrainingRun, plan
 from pipeline.train import distributed
 from pipeline.train.backend import backend_for
@@ -109,7 +122,8 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
     """Run each configuration (or just `only`) that has no metrics.json yet, resuming from its checkpoint if it has
     one; returns their folders. `force` retrains from scratch. With `launcher="srun"` the ranks are the tasks of
     the SLURM allocation this runs in, which SLURM sized, so the core check is skipped. What was asked for is
-    checked (names, GPUs per rank) before anything else, the features are needed only then."""
+    checked (names, GPUs per rank) before anything else, the features are needed only then. Each configuration is
+    trained holding its folder's lock: one another process holds is refused (`RunLockHeld`), naming the holder."""
     layout = RunLayout(config.run_dir)
     backend_for(config.train.backend)
     runs = planned_runs(config, only, launcher)
@@ -120,25 +134,33 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
     for run, why in runs:
         paths = layout.training(run.name)
         folders.append(paths.folder)
-        wanted = run_fingerprint(config, run, features_sha256)
-        if not force:
-            check_reuse(paths, wanted)
-        if paths.metrics.exists() and not force:
-            print(f"train: {run.name} already has {paths.metrics.name}, skipped (use --force to retrain)", flush=True)
-            continue
-        reason = oversubscribed(run, config, launcher)
-        if reason:
-            print(f"train: {run.name} skipped: {reason}", flush=True)
-            Skipped(run.world_size, run.device, run.batch_size, reason).write(paths.skipped)
-            continue
-        paths.skipped.unlink(missing_ok=True)
-        if force:
-            shutil.rmtree(paths.checkpoints, ignore_errors=True)
-            paths.metrics.unlink(missing_ok=True)
-        fingerprint.record(paths.fingerprint, wanted)
-        print(f"train: {run.name} runs on {run.device}: {why}", flush=True)
-        launch(run, config, config_path, paths.folder, launcher, device_reason=why)
+        with RunLock(lock_path(paths.folder, "train"), "train", run.name):
+            train_one(run, why, config, config_path, paths, features_sha256, force, launcher)
     return folders
+
+
+def train_one(run: TrainingRun, why: str, config: ExperimentConfig, config_path: Path, paths: TrainingPaths,
+              features_sha256: str, force: bool, launcher: str) -> None:
+    """One configuration of `train_all`: skip it (done, or too big for this machine) or launch it; the caller
+    holds its lock."""
+    wanted = run_fingerprint(config, run, features_sha256)
+    if not force:
+        check_reuse(paths, wanted)
+    if paths.metrics.exists() and not force:
+        print(f"train: {run.name} already has {paths.metrics.name}, skipped (use --force to retrain)", flush=True)
+        return
+    reason = oversubscribed(run, config, launcher)
+    if reason:
+        print(f"train: {run.name} skipped: {reason}", flush=True)
+        Skipped(run.world_size, run.device, run.batch_size, reason).write(paths.skipped)
+        return
+    paths.skipped.unlink(missing_ok=True)
+    if force:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+        paths.metrics.unlink(missing_ok=True)
+    fingerprint.record(paths.fingerprint, wanted)
+    print(f"train: {run.name} runs on {run.device}: {why}", flush=True)
+    launch(run, config, config_path, paths.folder, launcher, device_reason=why)
 
 
 def oversubscribed(run: TrainingRun, config: ExperimentConfig, launcher: str) -> str | None:
@@ -197,17 +219,48 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
             log.write(f"--- {run.name}, attempt {attempt + 1} of {attempts}"
                       + (f" (SLURM start {requeues + 1})" if requeues else "") + "\n")
             log.flush()
-            result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+            returncode = run_ranks(command, env, log)
         _raise_if_interrupted(run, paths)
-        if result.returncode == 0 and paths.metrics.exists():
+        if returncode == 0 and paths.metrics.exists():
             return
         if attempt < config.train.max_restarts:
-            print(f"train: {run.name} failed (exit {result.returncode}); restarting from its last checkpoint",
+            print(f"train: {run.name} failed (exit {returncode}); restarting from its last checkpoint",
                   flush=True)
     text = paths.log.read_text()
     why = distributed.failure_summary(text)  # the failed ranks and their errors, which torchrun's summary omits
-    raise RuntimeError(f"train: {run.name} failed (exit {result.returncode}); log {paths.log}:\n"
+    raise RuntimeError(f"train: {run.name} failed (exit {returncode}); log {paths.log}:\n"
                        + (f"{why}\n--- log tail:\n" if why else "") + text[-3000:])
+
+
+def run_ranks(command: list[str], env: dict[str, str], log: IO) -> int:
+    """Run the ranks' launcher (torchrun or srun) to its end; its exit status.
+
+    A SIGTERM to this process (`kill`, or scancel reaching the batch step) is passed on to it, and this process goes
+    on waiting: the ranks checkpoint and stop (torchrun and srun hand the signal to them), and the configuration's
+    lock, which this process holds, is released only once no rank writes any more. On any other exception the
+    launcher is killed, as `subprocess.run` does."""
+    child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with _passing_on(signal.SIGTERM, child):
+        try:
+            return child.wait()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+
+
+@contextmanager
+def _passing_on(signum: int, child: subprocess.Popen) -> Iterator[None]:
+    """While the block runs, send `signum` on to `child` instead of dying of it (main thread only: elsewhere
+    Python cannot install a handler, and the signal keeps its effect)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, lambda received, frame: child.send_signal(received))
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def _raise_if_interrupted(run: TrainingRun, paths: TrainingPaths) -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from pipeline.cli import EXIT_INTERRUPTED
 from pipeline.config import TrainConfig
+from pipeline.train import checkpoint
 from pipeline.train.checkpoint import Progress
 from pipeline.train.trainer import _track_early_stopping
 from tests.train.conftest import experiment
@@ -28,7 +29,7 @@ def pipeline(*args: str) -> subprocess.CompletedProcess:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "model.pt", map_location="cpu", weights_only=False)["model"]
+    return checkpoint.read(folder / "model.pt")["model"]
 
 
 def metrics(folder: Path) -> dict:

@@ -89,11 +89,11 @@ def test_the_device_reason_reaches_the_ranks_as_a_worker_argument(tmp_path, monk
     (run,) = plan(config, pick_device)
     seen = []
 
-    def fake_run(command, env, **kwargs):
+    def fake_run(command, env, log):
         seen.append(command)
-        return subprocess.CompletedProcess(command, 1)
+        return 1
 
-    monkeypatch.setattr(launch_module.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch_module, "run_ranks", fake_run)
     with pytest.raises(RuntimeError, match="failed"):
         launch_module.launch(run, config, tmp_path / "c.yaml", tmp_path / "out", "torchrun",
                              device_reason="train.device cpu")

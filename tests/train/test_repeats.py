@@ -9,6 +9,7 @@ import torch
 from pipeline.records import TrainingMetrics
 from pipeline.report.aggregate import aggregate
 from pipeline.report.table import add_derived, collect
+from pipeline.train import checkpoint
 from tests.train.conftest import experiment
 from tests.train.test_engine import pipeline
 
@@ -23,8 +24,7 @@ def test_two_repeats_train_in_their_own_folders_with_their_own_seeds(tmp_path, f
     assert sorted(p.name for p in configs.iterdir()) == ["ws1-cpu-bs4-r1", "ws1-cpu-bs4-r2"]
     found = {k: json.loads((configs / f"ws1-cpu-bs4-r{k}" / "metrics.json").read_text()) for k in (1, 2)}
     assert [(found[k]["repeat"], found[k]["seed"]) for k in (1, 2)] == [(1, 3), (2, 4)]
-    weights = {k: torch.load(configs / f"ws1-cpu-bs4-r{k}" / "model.pt", map_location="cpu",
-                             weights_only=False)["model"] for k in (1, 2)}
+    weights = {k: checkpoint.read(configs / f"ws1-cpu-bs4-r{k}" / "model.pt")["model"] for k in (1, 2)}
     assert any(not torch.equal(weights[1][key], weights[2][key]) for key in weights[1])  # another initialisation
     parameters = sum(t.numel() for key, t in weights[1].items() if not key.endswith(BATCHNORM_BUFFERS))
     for k, metrics in found.items():

@@ -16,6 +16,7 @@ from torch import nn
 
 from pipeline.config import TrainConfig, load_config
 from pipeline.layout import RunLayout
+from pipeline.train import checkpoint
 from pipeline.train.backend import DDPBackend
 from pipeline.train.models import FrameLSTM, build_model, precision_of
 from pipeline.train.preemption import StopFlag
@@ -106,7 +107,7 @@ def test_a_signal_stops_at_the_next_check_within_k_steps_with_a_checkpoint(tmp_p
     assert outcome.stop_signal == signal.SIGUSR1
     assert outcome.progress.optimizer_steps == outcome.progress.batches_done == 3  # the first check
     assert trainer.paths.checkpoint.exists()
-    saved = torch.load(trainer.paths.checkpoint, weights_only=False)
+    saved = checkpoint.read(trainer.paths.checkpoint)
     assert len(saved["progress"]["step_times"]) == 3  # every step's timing read before the checkpoint
     assert [step for tag, step in tensorboard.written if tag == "train/loss"] == [2]
 
