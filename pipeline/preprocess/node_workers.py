@@ -12,11 +12,14 @@ GPUs (`gpus.node_gpus`: its CUDA_VISIBLE_DEVICES) and starts, as `gpus.plan_work
 then waits for them, handing SIGTERM/SIGINT on (scancel, the batch script's exit trap). Without a GPU, or with
 `--device cpu`, it becomes (exec) the plain `dask worker --nworkers N` of before, so nothing changes there.
 
-    python -m pipeline.preprocess.node_workers --scheduler-file F --nworkers 8 --nthreads 1 --device auto
+    python -m pipeline.preprocess.node_workers --scheduler-file F --nworkers 8 --nthreads 1 --device auto \
+        --tls-ca-file D/ca.pem --tls-cert D/cluster.pem --tls-key D/cluster-key.pem
 
 Every other argument (the scheduler address or file, --memory-limit, --lifetime, --interface, ...) goes to each
-`dask worker` as given. With `--name NAME`, as dask-jobqueue passes it, the workers are NAME-0 .. NAME-(N-1): the
-names dask-jobqueue expects of a job of N processes.
+`dask worker` as given, the TLS options (`--tls-ca-file`, `--tls-cert`, `--tls-key`, `--protocol tls://`: the
+run's credentials, `preprocess.security`) included: every worker and nanny then both connects and listens with
+TLS, so none of them can be reached without the run's key. With `--name NAME`, as dask-jobqueue passes it, the
+workers are NAME-0 .. NAME-(N-1): the names dask-jobqueue expects of a job of N processes.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.preprocess import node_workers
-from pipeline.preprocess.cluster import jobqueue_gpu_options, worker_lifetime
+from pipeline.preprocess import node_workers, security
+from pipeline.preprocess.cluster import jobqueue_gpu_options, slurm_cluster_options, worker_lifetime
 from pipeline.preprocess.gpus import WorkerPlan
 from pipeline.preprocess.progress import Progress
 from tests.conftest import tiny_experiment
@@ -58,27 +58,36 @@ def test_cluster_keys_load_with_their_types(tmp_path, speech_dir):
 
 def test_gpu_worker_jobs_ask_for_their_gpus_and_run_the_node_launcher(tmp_path, speech_dir):
     """`slurm_cluster.gpus_per_job`: the job script dask-jobqueue writes asks for the GPUs and runs the per-node
-    launcher, whose own parser reads that very command line and names the workers as dask-jobqueue expects."""
+    launcher, whose own parser reads that very command line and names the workers as dask-jobqueue expects; every
+    worker it starts gets the run's TLS options, and the cluster's scheduler listens with TLS."""
     from dask_jobqueue import SLURMCluster
 
-    config = load_config(tiny_experiment(tmp_path, speech_dir, preprocess={"cluster": "slurm", "slurm_cluster": {
-        "gpus_per_job": 2, "processes": 3, "cores": 3, "walltime": "00:10:00"}})).preprocess
+    keys = {"cluster": "slurm", "interface": "lo",
+            "slurm_cluster": {"gpus_per_job": 2, "processes": 3, "cores": 3, "walltime": "00:10:00"}}
+    config = load_config(tiny_experiment(tmp_path, speech_dir, preprocess=keys)).preprocess
     base = {"job_extra_directives": ["--qos=high"], "worker_extra_args": ["--lifetime", "510s"]}
     options = jobqueue_gpu_options(config, base)
     assert options == {"job_extra_directives": ["--qos=high", "--gres=gpu:2"],
                        "worker_command": "pipeline.preprocess.node_workers",
                        "worker_extra_args": ["--lifetime", "510s", "--nworkers", "3", "--device", "auto"]}
-    with SLURMCluster(cores=3, processes=3, memory="3GB", python=sys.executable, interface="lo",
-                      scheduler_options={"dashboard_address": ":0"}, **options) as cluster:
+    credentials = security.make(tmp_path / "slurm" / "dask-tls-1")
+    with SLURMCluster(**slurm_cluster_options(config, tmp_path / "slurm" / "logs", credentials)) as cluster:
         script = cluster.job_script()
+        assert cluster.scheduler_address.startswith("tls://")
     assert "#SBATCH --gres=gpu:2\n" in script
     command = shlex.split(script.strip().splitlines()[-1])
     assert command[:3] == [sys.executable, "-m", "pipeline.preprocess.node_workers"]
+    assert command[3].startswith("tls://")
     args, forward = node_workers.parse(command[3:])
     assert (args.nworkers, args.device) == (3, "auto") and "--memory-limit" in forward and "--interface" in forward
+    tls = ["--protocol", "tls://", *credentials.dask_options()]
+    assert " ".join(tls) in " ".join(forward), forward
+    assert "--dashboard-address 127.0.0.1:0" in " ".join(forward)  # the workers' HTTP servers: localhost only
     plan = WorkerPlan(("0", "1"), 1)
-    names = [c.argv[c.argv.index("--name") + 1] for c in node_workers.worker_commands(plan, forward, 1, args.name)]
+    commands = node_workers.worker_commands(plan, forward, 1, args.name)
+    names = [c.argv[c.argv.index("--name") + 1] for c in commands]
     assert names == [f"{args.name}-{i}" for i in range(3)]  # the group dask-jobqueue made of a 3-process job
+    assert all(" ".join(tls) in " ".join(c.argv) for c in commands)  # every worker speaks TLS with the run's keys
 
     assert jobqueue_gpu_options(load_config(tiny_experiment(tmp_path, speech_dir)).preprocess, base) == {}
     config.device = "cpu"  # features on the CPU: no GPUs asked for
@@ -126,6 +135,7 @@ def test_dask_mpi_under_mpirun_gives_the_same_outputs_as_serial(tmp_path, speech
                             capture_output=True, text=True, timeout=300, env=MPI_ENV, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "dask: MPI, 2 worker ranks" in result.stdout
+    assert "scheduler at tls://" in result.stdout  # credentials from rank 0 over MPI, in every rank's config
     assert_same_outputs(reference, Path(config.run_dir))
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from distributed import Client
 
-from pipeline.preprocess import gpus, node_workers
+from pipeline.preprocess import gpus, node_workers, security
 from pipeline.preprocess.cluster import dask_executor
 from pipeline.preprocess.gpus import WorkerPlan, check_pool, plan_workers, visible_gpus, worker_specs
 from pipeline.preprocess.run import preprocess
@@ -80,6 +80,7 @@ def test_split_gpu_workers_give_the_same_outputs_as_serial(tmp_path, speech_dir,
         resources = {w["id"]: w["resources"] for w in executor._client.scheduler_info()["workers"].values()}
         summary = preprocess(config, executor)
     assert sorted(environments.values()) == ["", "0"]
+    assert all(address.startswith("tls://127.0.0.1:") for address in environments)  # TLS, on localhost only
     assert sorted(resources.items()) == [("cpu-0", {"DECODE": 1}), ("gpu-0", {"GPU": 1})]
     assert summary.runs[-1].workers == 2
     assert_same_outputs(reference, config.run_dir)
@@ -172,10 +173,13 @@ def test_tasks_are_split_only_when_some_workers_take_each_half():
 
 @contextlib.contextmanager
 def _scheduler(tmp_path: Path) -> Iterator[Path]:
-    """A `dask scheduler` process, as slurm/preprocess.sbatch starts one, and its scheduler file."""
-    path = tmp_path / "scheduler.json"
+    """A `dask scheduler` process, as slurm/preprocess.sbatch starts one (TLS, with credentials beside its scheduler
+    file), and its scheduler file."""
+    path = tmp_path / "dask-scheduler-7.json"
+    tls = security.make(security.folder_for(path)).dask_options()
     process = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
-                                str(path), "--port", "0", "--dashboard-address", ":0"], env=_ENV)
+                                str(path), "--protocol", "tls", "--port", "0", *tls, "--dashboard-address",
+                                "127.0.0.1:0"], env=_ENV)
     try:
         wait_for(path.is_file, 60, "the scheduler file")
         yield path
@@ -188,18 +192,28 @@ def _scheduler(tmp_path: Path) -> Iterator[Path]:
 def _launcher(scheduler_file: Path, visible: str, nworkers: int) -> Iterator[subprocess.Popen]:
     """`python -m pipeline.preprocess.node_workers` as srun starts it on a node with CUDA_VISIBLE_DEVICES `visible`
     (fake GPUs: nothing here opens them), once all its workers are in."""
+    credentials = _credentials(scheduler_file)
     process = subprocess.Popen([sys.executable, "-m", "pipeline.preprocess.node_workers", "--scheduler-file",
-                                str(scheduler_file), "--nworkers", str(nworkers), "--nthreads", "1"],
-                               env={**_ENV, "CUDA_VISIBLE_DEVICES": visible})
+                                str(scheduler_file), "--nworkers", str(nworkers), "--nthreads", "1",
+                                *credentials.dask_options()], env={**_ENV, "CUDA_VISIBLE_DEVICES": visible})
     try:
         expected = len(visible.split(",")) + max(1, nworkers - len(visible.split(",")))
-        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+        with _client(scheduler_file) as client:
             client.wait_for_workers(expected, timeout=60)
         yield process
     finally:
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=30)
+
+
+def _credentials(scheduler_file: Path) -> security.Credentials:
+    return security.load(security.folder_for(scheduler_file))
+
+
+def _client(scheduler_file: Path) -> Client:
+    """A client of the scheduler of `_scheduler`, with its credentials."""
+    return Client(scheduler_file=str(scheduler_file), security=_credentials(scheduler_file).security(), timeout=60)
 
 
 _ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"DASK_LOGGING__DISTRIBUTED": "warning"}
@@ -214,9 +228,10 @@ def test_launcher_pins_one_worker_per_gpu_and_an_attached_run_splits_its_tasks(t
         def view(dask_worker) -> tuple[str, dict]:
             return os.environ["CUDA_VISIBLE_DEVICES"], dict(dask_worker.state.total_resources)
 
-        with Client(scheduler_file=str(scheduler_file)) as client:
+        with _client(scheduler_file) as client:
             seen = client.run(view)
         assert sorted(seen.values()) == [("", {"DECODE": 1}), ("0", {"GPU": 1}), ("1", {"GPU": 1})]
+        assert all(address.startswith("tls://") for address in seen), seen  # the workers listen with TLS too
         _, config = prepared(tmp_path / "attached", speech_dir, scheduler_file=str(scheduler_file), workers=3)
         with dask_executor(config.preprocess) as executor:
             assert isinstance(executor, gpus.SplitExecutor)
@@ -230,5 +245,5 @@ def test_sigterm_to_the_launcher_stops_every_worker_it_started(tmp_path):
     with _scheduler(tmp_path) as scheduler_file, _launcher(scheduler_file, "3", 2) as launcher:
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=60)
-        with Client(scheduler_file=str(scheduler_file)) as client:
+        with _client(scheduler_file) as client:
             wait_for(lambda: not client.scheduler_info()["workers"], 30, "the workers to leave the scheduler")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +43,15 @@ def test_slurm_cluster_of_two_worker_jobs_gives_the_same_outputs_as_serial(slurm
     result = preprocess_here(config_path)
     # The job script is shown as submitted, workers retire before the walltime, and the dashboard is named.
     assert "dask:   | #SBATCH -t 00:10:00" in result.stdout
-    assert "--lifetime 510s --lifetime-stagger 30s --interface lo" in result.stdout
-    assert "dashboard at http://" in result.stdout
-
+    assert "--lifetime 510s --lifetime-stagger 30s --dashboard-address 127.0.0.1:0 --interface lo" in result.stdout
+    assert "dashboard at http://localhost:" in result.stdout and "ssh -L " in result.stdout
     run = Path(config.run_dir)
+    # TLS: the scheduler's address, and every worker started with the run's credentials from beside the logs.
+    assert "dask: scheduler at tls://" in result.stdout
+    tls_prefix = run / "slurm" / f"dask-tls-jobqueue-{socket.gethostname()}-"
+    assert f"--protocol tls:// --tls-ca-file {tls_prefix}" in result.stdout, result.stdout
+    assert not list((run / "slurm").glob("dask-tls-*")), "the run's key folder was left behind"
+
     job_ids = {p.stem.rsplit("-", 1)[1] for p in (run / "slurm" / "logs").glob("preprocess-dask-*.err")}
     assert len(job_ids) == 2, job_ids
     summary = json.loads((run / "features" / "summary.json").read_text())
@@ -60,12 +67,14 @@ def test_slurm_cluster_with_gpus_per_job_pins_a_worker_per_gpu(slurm_cluster, tm
         "jobs": 1, "cores": 2, "processes": 2, "gpus_per_job": 1, "memory": "2GB", "walltime": "00:10:00"})
     result = preprocess_here(config_path)
     assert "dask:   | #SBATCH --gres=gpu:1" in result.stdout
-    assert "-m pipeline.preprocess.node_workers tcp://" in result.stdout
+    assert "-m pipeline.preprocess.node_workers tls://" in result.stdout
     assert "2 workers (1 GPU workers for features and images, 1 CPU workers for decoding) connected" in result.stdout
 
     run = Path(config.run_dir)
     logs = "".join(p.read_text() for p in (run / "slurm" / "logs").glob("preprocess-dask-*"))
-    assert "GPU workers (CUDA_VISIBLE_DEVICES 0) for features and images, 1 CPU workers for decoding" in logs
+    # The GPU SLURM gave the job: 0 on an idle cluster, another while other jobs hold GPUs of the node.
+    assert re.search(r"GPU workers \(CUDA_VISIBLE_DEVICES \d\) for features and images, 1 CPU workers for decoding",
+                     logs), logs
     summary = json.loads((run / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
     assert_same_outputs(reference, run)
@@ -90,6 +99,7 @@ def test_preprocess_sbatch_on_nodes_with_gpus_pins_a_worker_per_gpu(slurm_cluste
         assert f"node_workers: {node}: 2 GPU workers (CUDA_VISIBLE_DEVICES 0, 1) for features and images, 1 CPU " \
                "workers for decoding" in text, text[-3000:]
     assert "with 6 workers (4 GPU workers for features and images, 2 CPU workers for decoding)" in text
+    assert "dask: attached to tls://" in text
     summary = json.loads((Path(config.run_dir) / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
     assert summary["runs"][-1]["workers"] == 6
@@ -109,6 +119,7 @@ def test_dask_mpi_batch_job_across_two_nodes_gives_the_same_outputs_as_serial(sl
     text = log.read_text()
     assert state == "COMPLETED", text[-3000:]
     assert "4 MPI ranks, 2 Dask workers" in text and "dask: MPI, 2 worker ranks" in text
+    assert "scheduler at tls://" in text and "(localhost only; from another machine: ssh -L " in text
     summary = json.loads((Path(config.run_dir) / "features" / "summary.json").read_text())
     assert set(summary["tasks_per_node"]) <= NODES, summary["tasks_per_node"]
     assert summary["runs"][-1]["workers"] == 2
