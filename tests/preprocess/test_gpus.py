@@ -86,6 +86,21 @@ def test_split_gpu_workers_give_the_same_outputs_as_serial(tmp_path, speech_dir,
     assert_same_outputs(reference, config.run_dir)
 
 
+def test_a_task_over_the_size_limit_runs_whole_on_the_gpu_worker(tmp_path, speech_dir, monkeypatch):
+    """With every file over `task_megabytes`, each task is one file that streams on the GPU worker rather than
+    crossing from a decode worker in memory: no decode task runs, and the outputs are a serial run's."""
+    oversized = {"task_megabytes": 0.01}
+    reference = serial_run(tmp_path / "a", speech_dir, **oversized)
+    _, config = prepared(tmp_path / "b", speech_dir, **oversized)
+    monkeypatch.setattr(gpus, "local_plan", lambda workers, device: WorkerPlan(("0",), 1))
+    with dask_executor(config.preprocess) as executor:
+        assert isinstance(executor, gpus.SplitExecutor)
+        preprocess(config, executor)
+        prefixes = executor._client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert "run_task" in prefixes and "decode_task" not in prefixes, prefixes
+    assert_same_outputs(reference, config.run_dir)
+
+
 def test_a_fork_pool_after_cuda_init_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     fork = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
