@@ -116,6 +116,8 @@ def _slurm_ranges(slurm: SlurmConfig) -> dict[str, bool]:
         "slurm.cpu_ranks_per_node": slurm.cpu_ranks_per_node >= 1,
         "slurm.preprocess_nodes": slurm.preprocess_nodes >= 1,
         "slurm.preprocess_cpus_per_node": slurm.preprocess_cpus_per_node >= 1,
+        # one feature worker per GPU and at least one worker to decode for them
+        "slurm.preprocess_gpus_per_node": 0 <= slurm.preprocess_gpus_per_node < slurm.preprocess_cpus_per_node,
         "slurm.signal_seconds": slurm.signal_seconds >= 0,
         "slurm.cpus_per_gpu_rank": slurm.cpus_per_gpu_rank >= 0,
     }

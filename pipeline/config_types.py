@@ -249,6 +249,12 @@ class SlurmConfig:
     """Nodes of the preprocessing job; each runs one Dask worker process per CPU it gets."""
     preprocess_cpus_per_node: int = 4
     """CPUs (and Dask workers) per node of the preprocessing job."""
+    preprocess_gpus_per_node: int = 0
+    """GPUs per node of the preprocessing job (`--gres=gpu:G`, or `--gpus-per-node=G` with that `gpu_request`):
+    with `preprocess.device` auto or cuda, G of its Dask workers per node compute features, one pinned to each GPU,
+    and the others decode (`cluster: local` through the batch script's per-node launcher, and `mpi`); fewer than
+    `preprocess_cpus_per_node`. `cluster: slurm` asks for GPUs in its worker jobs instead
+    (`preprocess.slurm_cluster.gpus_per_job`)."""
     memory: str | None = None
     """Memory per node (`--mem`, e.g. `32G`); none: the partition's default."""
     time_preprocess: str = "02:00:00"

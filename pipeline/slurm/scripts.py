@@ -141,7 +141,9 @@ def preprocess_job(config: ExperimentConfig) -> Job:
         shape = (slurm.preprocess_nodes, slurm.preprocess_cpus_per_node, 1)
     else:
         shape = (slurm.preprocess_nodes, 1, slurm.preprocess_cpus_per_node)
-    resources = Resources(*shape, time=slurm.time_preprocess)
+    gpus = slurm.preprocess_gpus_per_node if cluster != "slurm" else 0  # dask-jobqueue's worker jobs ask for theirs
+    resources = Resources(*shape, time=slurm.time_preprocess, gpus_per_node=gpus,
+                          gpu_request="gpus-per-node" if slurm.gpu_request == "gpus-per-node" else "gres")
     return Job("preprocess", None, resources, PREPROCESS_TEMPLATES[cluster])
 
 

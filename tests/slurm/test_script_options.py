@@ -61,6 +61,17 @@ def test_the_gpu_forms_and_cpus_per_rank(tmp_path):
     cpu = scripts_of(write_config(tmp_path, slurm={"gpus_per_node": 0, "cpus_per_gpu_rank": 8},
                                   train={"loader_workers": 2}))["train-ws2-cpu-bs32"]
     assert "#SBATCH --cpus-per-task=6\n" in cpu
+    # The preprocessing job asks for GPUs only when told, in the per-node forms (one task per node runs them all).
+    plain = scripts_of(write_config(tmp_path))["preprocess"]
+    assert "#SBATCH --gres" not in plain and "#SBATCH --gpus" not in plain
+    gpus = scripts_of(write_config(tmp_path, slurm={"preprocess_gpus_per_node": 2}))["preprocess"]
+    assert "#SBATCH --cpus-per-task=16\n#SBATCH --gres=gpu:2\n" in gpus
+    per_node = scripts_of(write_config(tmp_path, slurm={"preprocess_gpus_per_node": 2,
+                                                        "gpu_request": "gpus-per-node"}))["preprocess"]
+    assert "#SBATCH --gpus-per-node=2\n" in per_node
+    per_task = scripts_of(write_config(tmp_path, slurm={"preprocess_gpus_per_node": 2,
+                                                        "gpu_request": "gpus-per-task"}))["preprocess"]
+    assert "#SBATCH --gres=gpu:2\n" in per_task
     # Preprocess and report jobs keep their own shape, and --exclusive is for training only.
     assert "--exclusive" not in scripts_of(write_config(tmp_path, slurm={"exclusive": True}))["report"]
 
@@ -68,7 +79,8 @@ def test_the_gpu_forms_and_cpus_per_rank(tmp_path):
 @pytest.mark.parametrize("key, value", [("setup", ["module load x\nrm -rf /"]), ("setup", ["a\rb"]),
                                         ("setup", ["x\0y"]), ("setup", ["#SBATCH --exclusive"]),
                                         ("signal", "HUP"), ("gpu_request", "gpus"), ("requeue_by", "node"),
-                                        ("cpus_per_gpu_rank", -1)])
+                                        ("cpus_per_gpu_rank", -1), ("preprocess_gpus_per_node", 16),
+                                        ("preprocess_gpus_per_node", -1)])
 def test_bad_values_of_the_new_keys_are_refused(tmp_path, key, value):
     with pytest.raises(ConfigError, match=f"slurm.{key}"):
         load_config(write_config(tmp_path, slurm={key: value}))
