@@ -6,10 +6,13 @@ None to run serially in the calling process (tests, debugging).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -99,9 +102,14 @@ def preprocess(config: ExperimentConfig, executor: Executor | None = None) -> Pr
     try:
         summaries = [shards.read_summary(features.folder, task_id) for task_id in sorted(complete)]
         args = (config.preprocess, config.data.sample_rate, str(layout.root), root)
-        for summary in _run(pending, args, executor, progress):
-            summaries.append(summary)
-            workers = max(workers, _worker_count(executor))
+        with _ctrl_c_kept() as pressed:
+            for summary in _run(pending, args, executor, progress):
+                summaries.append(summary)
+                workers = max(workers, _worker_count(executor))
+                if pressed.is_set():
+                    raise KeyboardInterrupt
+            if pressed.is_set():
+                raise KeyboardInterrupt
     finally:
         progress.close()
     _remove_partial(layout)  # what attempts on workers that died left behind
@@ -166,6 +174,32 @@ def _run(tasks: list[Task], args: tuple, executor: Executor | None, progress: Pr
     for summary in results:
         progress.update(summary.chunks)
         yield summary
+
+
+@contextlib.contextmanager
+def _ctrl_c_kept() -> Iterator[threading.Event]:
+    """A flag that Ctrl-C sets besides raising KeyboardInterrupt, for the loop to check after every task.
+
+    SIGINT raises KeyboardInterrupt wherever the main thread is, and where that is a `__del__` (a Dask Future
+    releasing its key, which happens often while results arrive) Python prints "Exception ignored" and goes on:
+    the Ctrl-C would be lost and the run would carry on to the end."""
+    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield pressed
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        pressed.set()
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_count(executor: Executor | None) -> int:
