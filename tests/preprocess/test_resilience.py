@@ -145,8 +145,12 @@ def test_a_ctrl_c_that_python_swallows_in_a_destructor_is_still_seen():
             for _ in range(1000):  # the handler runs between bytecodes of this frame
                 pass
 
-    with _ctrl_c_kept() as pressed:
-        thing = Releases()
-        del thing  # "Exception ignored in ... KeyboardInterrupt"
-        assert pressed.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test left installed
+    try:
+        with _ctrl_c_kept() as pressed:
+            thing = Releases()
+            del thing  # "Exception ignored in ... KeyboardInterrupt"
+            assert pressed.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
