@@ -128,8 +128,13 @@ class Experiment:
         return Experiment(dataclasses.replace(load_config(self.layout.config), run_dir=self.config.run_dir))
 
 
-def report(run_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None) -> Path:
-    """The scaling report of a run folder; with `other`, the comparison of the two (written to `out`)."""
+def report(run_dir: str | Path, other: str | Path | Sequence[str | Path] | None = None,
+           out: str | Path | None = None, combine: bool = False) -> Path:
+    """The scaling report of a run folder; with `other`, the comparison of the two (written to `out`); with
+    `combine`, one report of `run_dir` and every folder of `other` (one or a list), measured separately."""
     from pipeline import stages
 
+    if combine:
+        others = [other] if isinstance(other, (str, Path)) else list(other or [])
+        return stages.report_stage(Path(run_dir), [Path(o) for o in others], Path(out) if out else None, combine=True)
     return stages.report_stage(Path(run_dir), Path(other) if other else None, Path(out) if out else None)

@@ -275,10 +275,14 @@ def _row(result: dict) -> str:
             f"(min {result['min']:.1f}, max {result['max']:.1f}, {result['repeats']} repeats)")
 
 
+def machine(hw: dict) -> str:
+    """The GPUs a benchmark ran on, or its CPU and cores: the head line of its table."""
+    return ", ".join(hw["gpus"]) if hw["gpus"] else f"{hw['cpu_model']} ({hw['cpu_cores_available']} cores)"
+
+
 def table(record: dict) -> str:
     hw = record["hardware"]
-    where = ", ".join(hw["gpus"]) if hw["gpus"] else f"{hw['cpu_model']} ({hw['cpu_cores_available']} cores)"
-    lines = [f"pipeline bench on {hw['hostname']}: {record['device']}, {where}",
+    lines = [f"pipeline bench on {hw['hostname']}: {record['device']}, {machine(hw)}",
              f"{'measurement':<22} {'median':>11} {'unit':<10} spread", *(_row(r) for r in record["results"])]
     lines += [f"{s['name']:<22} {'skipped':>11}: {s['reason']}" for s in record["skipped"]]
     lines += [f"- {note}" for note in record["notes"]]

@@ -126,19 +126,35 @@ def _add_inference(commands) -> None:
 
 
 def _add_report(commands) -> None:
-    text = ("write the scaling report of a run folder (report.md, report.html, scaling.csv/json, figures), or with "
-            "two run folders their comparison (compare.md, compare.html, compare.csv, compare.png/svg)")
+    text = ("write the scaling report of a run folder (report.md, report.html, scaling.csv/json, figures), with "
+            "two run folders their comparison (compare.md, compare.html, compare.csv, compare.png/svg), or with "
+            "--combine one report of two or more run folders measured separately (e.g. 1 node, then 2 nodes)")
     report = commands.add_parser("report", help=text, description=text)
     report.add_argument("run_dir", type=Path, metavar="RUN_A", help="run folder (run_dir of the experiment)")
     report.add_argument("other_run", type=Path, nargs="?", metavar="RUN_B",
                         help="a second run folder to compare RUN_A with (B/A ratios: above 1 means RUN_B is faster)")
-    report.add_argument("--out", type=Path, metavar="DIR", help="folder of the comparison (only with RUN_B; default: "
-                        "RUN_B/compare-<name of RUN_A>)")
+    report.add_argument("more_runs", type=Path, nargs="*", metavar="RUN_C",
+                        help="with --combine: further run folders to combine with RUN_A and RUN_B")
+    report.add_argument("--combine", action="store_true",
+                        help="one scaling report of all the run folders given (two or more), each configuration "
+                        "from the first folder that has it; refused when their model, data or settings differ")
+    report.add_argument("--out", type=Path, metavar="DIR", help="folder of the comparison or combined report (only "
+                        "with RUN_B; default: RUN_B/compare-<name of RUN_A>, with --combine <last run>/combined)")
     report.set_defaults(handler=_report)
 
 
+def _message_size(text: str) -> int:
+    from pipeline.allreduce import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 BENCH_OPTIONS: list[tuple[str, dict]] = [
-    ("--out", {"type": Path, "metavar": "FILE", "help": "JSON to write (default results/bench-<host>.json)"}),
+    ("--out", {"type": Path, "metavar": "FILE", "help": "JSON to write (default results/bench-<host>.json; with "
+               "--allreduce results/allreduce-<host>.json)"}),
     ("--quick", {"action": "store_true", "help": "small sizes and few steps: seconds on a CPU"}),
     ("--steps", {"type": int, "help": "steps (feature calls) per timed repeat"}),
     ("--batch-size", {"type": int, "help": "training and loader batch size (CUDA 256, CPU 16)"}),
@@ -146,12 +162,25 @@ BENCH_OPTIONS: list[tuple[str, dict]] = [
     ("--features", {"type": Path, "metavar": "RUN_DIR",
                     "help": "time the loader over this preprocessed run folder's train split, not synthetic data"}),
     ("--device", {"choices": ["auto", "cpu", "cuda"], "default": "auto", "help": "default: cuda if seen"}),
+    ("--allreduce", {"action": "store_true", "help": "instead: all-reduce latency and bus bandwidth per world size "
+                     "and message size (gloo on CPU, NCCL on CUDA), the method of nccl-tests; spawns the ranks here, "
+                     "or is one rank of a torchrun/srun job: srun -N 2 --ntasks-per-node 4 pipeline bench "
+                     "--allreduce --out RUN_DIR/allreduce.json"}),
+    ("--world-sizes", {"type": int, "nargs": "+", "metavar": "N", "help": "(--allreduce) ranks to measure at when "
+                       "spawning them here (default 2 4, and on CUDA powers of two up to the GPUs); sizes above "
+                       "the cores (CPU) or GPUs are skipped, with the reason in the JSON"}),
+    ("--message-sizes", {"type": _message_size, "nargs": "+", "metavar": "BYTES", "help": "(--allreduce) message "
+                         "sizes, e.g. 4K 1M 64M (default 4K 16K ... 64M, powers of 4)"}),
+    ("--repeats", {"type": int, "help": "(--allreduce) timed repeats per message size (default 5, --quick 3)"}),
 ]
+ALLREDUCE_ONLY = ("world_sizes", "message_sizes", "repeats")
+BENCH_ONLY = ("steps", "batch_size", "image_size", "features")
 
 
 def _add_bench(commands) -> None:
     text = ("measure this machine: training images/s of resnet50 and the cnn (fp32, bf16 on CUDA), log-mel + MFCC "
-            "chunks/s and the training loader's samples/s, as a table and JSON")
+            "chunks/s and the training loader's samples/s, as a table and JSON; with --allreduce the all-reduce "
+            "latency and bus bandwidth the report's projection uses")
     bench = commands.add_parser("bench", help=text, description=text)
     for flag, options in BENCH_OPTIONS:
         bench.add_argument(flag, **options)
@@ -159,7 +188,15 @@ def _add_bench(commands) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from pipeline.bench import main_args
+    unused = BENCH_ONLY if args.allreduce else ALLREDUCE_ONLY
+    given = [f"--{name.replace('_', '-')}" for name in unused if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply "
+                         f"{'with' if args.allreduce else 'without'} --allreduce")
+    if args.allreduce:
+        from pipeline.allreduce import main_args
+    else:
+        from pipeline.bench import main_args
 
     main_args(args)
 
@@ -185,6 +222,16 @@ def _stage(method: str):
 
 
 def _report(args: argparse.Namespace) -> None:
+    others = [run for run in (args.other_run, *args.more_runs) if run is not None]
+    if args.combine:
+        if not others:
+            raise ValueError("--combine needs two or more run folders (RUN_A RUN_B ...); for one run folder's "
+                             "report leave out --combine")
+        report(args.run_dir, others, args.out, combine=True)
+        return
+    if args.more_runs:
+        raise ValueError(f"{len(others) + 1} run folders: a comparison takes two; add --combine for one report of "
+                         "all of them")
     if args.out is not None and args.other_run is None:
         raise ValueError("--out needs a second run folder: a single run's report is written into the run folder")
     report(args.run_dir, args.other_run, args.out)

@@ -24,6 +24,7 @@ from pipeline.config_types import (
     DaskSlurmConfig,
     DataConfig,
     ExperimentConfig,
+    PlanConfig,
     PreprocessConfig,
     ReportConfig,
     SlurmConfig,
@@ -34,7 +35,8 @@ from pipeline.io import atomic_write_text
 from pipeline.layout import RunLayout
 
 __all__ = [
-    "ConfigError", "DaskSlurmConfig", "DataConfig", "ExperimentConfig", "PreprocessConfig", "ReportConfig",
+    "ConfigError", "DaskSlurmConfig", "DataConfig", "ExperimentConfig", "PlanConfig", "PreprocessConfig",
+    "ReportConfig",
     "SlurmConfig", "SplitConfig", "TrainConfig", "build", "check_config", "check_slurm", "input_shape",
     "load_config", "load_experiment", "save_config", "slurm_time_seconds", "to_dict",
 ]

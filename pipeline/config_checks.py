@@ -11,6 +11,7 @@ key, like those of `pipeline.config_schema`. Three kinds of check:
 
 from __future__ import annotations
 
+import math
 import re
 
 from pipeline.config_schema import ConfigError
@@ -22,11 +23,13 @@ from pipeline.config_types import (
     SlurmConfig,
     TrainConfig,
 )
+from pipeline.sweep import batch_sizes, configurations, strong_batch
 
 
 def check_config(config: ExperimentConfig, source: str) -> None:
     """Every check of this module, in order; the first problem is a ConfigError naming `source`."""
     _check_ranges(config, source)
+    _check_strong_scaling(config.train, source)
     _check_image_input(config.train, config.preprocess, source)
     _check_input_shape(config, source)
     check_slurm(config.slurm, source)
@@ -97,6 +100,7 @@ def _train_ranges(train: TrainConfig) -> dict[str, bool]:
         "train.checkpoint_every_steps": train.checkpoint_every_steps >= 0,
         "train.stop_check_every_steps": train.stop_check_every_steps is None or train.stop_check_every_steps >= 1,
         "train.log_every_steps": train.log_every_steps is None or train.log_every_steps >= 1,
+        "train.synthetic_steps": train.synthetic_steps >= 0,
         "train.early_stopping_patience": train.early_stopping_patience >= 0,
         "train.max_restarts": train.max_restarts >= 0,
         "train.collective_timeout_s": train.collective_timeout_s >= 10,
@@ -107,6 +111,10 @@ def _report_ranges(report: ReportConfig) -> dict[str, bool]:
     return {
         "report.interconnect_gbit_s": report.interconnect_gbit_s > 0,
         "report.projection_world_sizes": all(n >= 2 for n in report.projection_world_sizes),
+        "report.min_efficiency": 0 < report.min_efficiency <= 1,
+        "report.plan.epochs": report.plan.epochs is None or report.plan.epochs >= 1,
+        "report.plan.train_samples": report.plan.train_samples is None or report.plan.train_samples >= 1,
+        "report.plan.gpus_per_node": report.plan.gpus_per_node is None or report.plan.gpus_per_node >= 1,
     }
 
 
@@ -121,6 +129,21 @@ def _slurm_ranges(slurm: SlurmConfig) -> dict[str, bool]:
         "slurm.signal_seconds": slurm.signal_seconds >= 0,
         "slurm.cpus_per_gpu_rank": slurm.cpus_per_gpu_rank >= 0,
     }
+
+
+def _check_strong_scaling(train: TrainConfig, source: str) -> None:
+    """Strong scaling divides the global batch of the fewest-rank configuration among the ranks: it must divide."""
+    if train.scaling == "weak":
+        return
+    fewest = min(train.world_sizes)
+    for batch in batch_sizes(train):
+        for n in train.world_sizes:
+            if strong_batch(batch, fewest, n) is None:
+                raise ConfigError(
+                    f"{source}: 'train.scaling: {train.scaling}' keeps the global batch {batch * fewest} (batch "
+                    f"{batch} of 'train.batch_size'/'train.batch_sizes' x {fewest} ranks) and divides it among the "
+                    f"ranks, but {n} of 'train.world_sizes' does not divide it; choose batch sizes that are a "
+                    f"multiple of {n // math.gcd(n, fewest)}")
 
 
 def _check_image_input(train: TrainConfig, pre: PreprocessConfig, source: str) -> None:
@@ -169,7 +192,7 @@ def _check_input_shape(config: ExperimentConfig, source: str) -> None:
     if train.model == "lstm" and train.input == "images":
         raise ConfigError(f"{source}: 'train.model: lstm' reads the frames of a feature; 'train.input: images' needs "
                           f"cnn, resnet50 or densenet121")
-    if train.model == "lstm" or min(train.batch_sizes or [train.batch_size]) > 1:
+    if train.model == "lstm" or min(b for _, b in configurations(train)) > 1:
         return
     height, width = input_shape(config)
     if _deepest_map(train.model, height) * _deepest_map(train.model, width) >= 2:
@@ -178,8 +201,10 @@ def _check_input_shape(config: ExperimentConfig, source: str) -> None:
     given = ("'preprocess.image_size'" if train.input == "images" else
              f"the 'preprocess.{'n_mels' if train.feature == 'logmel' else 'n_mfcc'}' bins of 'train.feature: "
              f"{train.feature}', 'preprocess.chunk_seconds', 'preprocess.hop_length' and 'data.sample_rate'")
-    raise ConfigError(f"{source}: 'train.model: {train.model}' at batch size 1 ('train.batch_size'/"
-                      f"'train.batch_sizes') takes inputs of at least {smallest} bins or frames on one axis (smallest "
+    raise ConfigError(f"{source}: 'train.model: {train.model}' at batch size 1 per rank ('train.batch_size'/"
+                      f"'train.batch_sizes', divided among the ranks with 'train.scaling: strong') takes "
+                      f"inputs of at least "
+                      f"{smallest} bins or frames on one axis (smallest "
                       f"input {smallest} x 1 or 1 x {smallest}): a BatchNorm in training needs more than one value per "
                       f"channel, and its deepest map would be 1 x 1. The config gives {height} x {width} (from "
                       f"{given}); use a batch size of 2 or more or a larger input")

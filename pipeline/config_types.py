@@ -198,6 +198,12 @@ class TrainConfig:
     log_every_steps: int | None = None
     """Write the training loss to TensorBoard every N optimizer steps (reading it waits for the device); none:
     every step on CPU ranks, every 10 on GPU ranks."""
+    synthetic_steps: int = 0
+    """After training (and everything computed from its weights: test scores, model.pt), time this many optimizer
+    steps on random inputs of the training input's shape made once on the device: the same model, optimizer,
+    precision, accumulation and batch per rank, no loader. metrics.json's `synthetic_samples_per_second` against
+    `samples_per_second` says whether the run was input-bound or compute-bound. It does not change the trained
+    model, the checkpoint or any accuracy figure; 0 (the default) skips it."""
     early_stopping_patience: int = 0
     """Stop after this many epochs without improvement of `early_stopping_metric` (0: never stop early)."""
     early_stopping_metric: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"] = \
@@ -209,6 +215,12 @@ class TrainConfig:
     """Each entry is one configuration: the number of DDP ranks."""
     batch_sizes: list[int] = field(default_factory=list)
     """Batch sizes per rank to sweep, each crossed with every world size; empty: just `batch_size`."""
+    scaling: Literal["weak", "strong", "both"] = "weak"
+    """Which scaling study the sweep measures. `weak` keeps each batch size per rank at every world size, so the
+    global batch grows with the ranks (data-parallel training's usual mode). `strong` keeps the global batch of the
+    fewest-rank configuration (batch size x its ranks) and divides it among the ranks: with world sizes 1, 2, 4 and
+    batch 32, the runs are ws1-bs32, ws2-bs16, ws4-bs8. `both` runs the union (the fewest-rank runs are shared), and
+    the report shows each study in its own section, labelled."""
     repeats: int = 1
     """Times each configuration is trained; repeat k uses seed `seed + k - 1`, so the spread covers both the
     machine's noise and the model's initialisation. The report gives the mean and a 95% confidence interval over
@@ -295,6 +307,22 @@ class SlurmConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The target of the report's allocation estimate (`report.plan`): the training a user asks hours for, priced at
+    the measured (or projected) samples/s. Each key left unset takes the measured run's own value, which the report
+    says, so a pasted figure never hides whether it is the run's or a chosen target."""
+
+    epochs: int | None = None
+    """Epochs of the target training; none: the run's `train.epochs`, as its metrics.json records it."""
+    train_samples: int | None = None
+    """Training samples (chunks) per epoch of the target training, e.g. the full dataset's training split when the
+    measured run used a subset; none: the run's `train_samples`."""
+    gpus_per_node: int | None = None
+    """GPUs (CPU ranks on CPU) per node of the target machine, for node-hours; none: a measured scale's own `nodes`,
+    and for a projected scale the most ranks per node measured on that device (max of ranks / nodes)."""
+
+
+@dataclass
 class ReportConfig:
     """What `pipeline report` adds to the measured figures."""
 
@@ -302,6 +330,11 @@ class ReportConfig:
     """Link bandwidth per GPU of the projection model (Gbit/s; 100 is one InfiniBand EDR port, 200 HDR)."""
     projection_world_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
     """World sizes the projection model extrapolates to, drawn dashed beside the measured points."""
+    min_efficiency: float = 0.75
+    """Parallel efficiency under which a configuration is flagged; the report names the largest measured scale of
+    each curve that stays at or above it (NCI's "reasonable minimum" is about 75%)."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """The target training of the allocation estimate (epochs, samples, GPUs per node)."""
 
 
 @dataclass

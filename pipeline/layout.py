@@ -11,6 +11,7 @@ spell a file name themselves.
   configs/<run>/             one training run: metrics.json, steps.csv, model.pt, checkpoints/last.pt,
                              fingerprint.json, train.log, tensorboard/, confusion_test.*, ...
   slurm/                     submitted jobs: scripts/*.sbatch, logs/, jobs.json
+  allreduce.json             measured all-reduce latency and bus bandwidth (train stage, pipeline bench --allreduce)
   report.md, report.html, scaling.csv, scaling.json, scaling_repeats.csv, figures
 ```
 Paths inside the folder are what a run folder records about itself (relative to the folder), so it can move.
@@ -107,6 +108,8 @@ class RunLayout(_Folder):
     report_html = _Entry("report.html")
     preprocess_scaling = _Entry("preprocess_scaling.json", "Dask workers -> chunks/s, written by "
                                 "benchmarks/preprocess_scaling.py --out and drawn by the report.")
+    allreduce = _Entry("allreduce.json", "All-reduce latency and bus bandwidth per world size, written by the train "
+                       "stage after its sweep or `pipeline bench --allreduce --out`; the report's projection uses it.")
 
     def __init__(self, root: str | Path) -> None:
         object.__setattr__(self, "folder", Path(root))

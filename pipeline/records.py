@@ -103,7 +103,8 @@ class EpochRecord(Record):
 class TrainingMetrics(Record):
     """What one training run measured and on what: configs/<run>/metrics.json."""
 
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"gpu_model", "cuda", "gpu_count", "code", "device_reason"})
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"gpu_model", "cuda", "gpu_count", "code", "device_reason",
+                                                        "synthetic_samples_per_second", "synthetic_step_s"})
     NESTED: ClassVar[dict[str, type[Record]]] = {"history": EpochRecord}
 
     # What ran
@@ -190,6 +191,13 @@ class TrainingMetrics(Record):
     device_reason: str | None = None
     """Why the run got its device, as the launcher decided it (e.g. `train.device auto and 2 ranks need 2 GPUs,
     this machine has 1`); None for runs of older versions or ranks started without the launcher."""
+    synthetic_samples_per_second: float | None = None
+    """Samples per second (all ranks) of `train.synthetic_steps` optimizer steps after training on random inputs made
+    on the device (no loader, same model, precision, accumulation and batch): the speed with the input pipeline
+    taken away. Far above `samples_per_second`, the run was input-bound. None when the phase did not run."""
+    synthetic_step_s: float | None = None
+    """Mean optimizer step of that phase in seconds (the slowest rank's phase time over its steps); None when it did
+    not run."""
 
     @property
     def configuration(self) -> str:

@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -71,14 +75,74 @@ def _one_of(lock: RunLock, first: bool) -> tuple[AbstractContextManager, Abstrac
 
 def train_stage(config: ExperimentConfig, force: bool = False, configuration: str | None = None,
                 launcher: str = "torchrun") -> list[Path]:
+    """Train the sweep (or one configuration), then measure the all-reduce link it ran over (`_measure_link`)."""
     from pipeline.train.launch import train_all
 
-    return train_all(config, RunLayout(config.run_dir).config, force=force, only=configuration, launcher=launcher)
+    layout = RunLayout(config.run_dir)
+    folders = train_all(config, layout.config, force=force, only=configuration, launcher=launcher)
+    _measure_link(layout, launcher)
+    return folders
 
 
-def report_stage(run_dir: Path, other: Path | None = None, out: Path | None = None) -> Path:
-    """The scaling report of `run_dir`; given `other`, the comparison of the two runs instead (written to `out`)."""
-    if other is None:
+def _measure_link(layout: RunLayout, launcher: str) -> None:
+    """RUN_DIR/allreduce.json for the report's projection: the all-reduce at the world sizes above 1 that the run's
+    configurations trained at, on their device (cuda when a CUDA configuration had more than one rank); an existing
+    file is kept. Nothing when every configuration had one rank. Under srun the ranks spanned the allocation's nodes,
+    so the measurement runs over the job's own tasks (`_measure_link_in_allocation`)."""
+    seen: dict[str, set[int]] = {}
+    for paths in layout.trainings():
+        if paths.metrics.is_file():
+            metrics = json.loads(paths.metrics.read_text())
+            seen.setdefault(metrics["device"], set()).add(int(metrics["world_size"]))
+    device = "cuda" if any(n > 1 for n in seen.get("cuda", ())) else "cpu"
+    sizes = sorted(n for n in seen.get(device, ()) if n > 1)
+    if not sizes:
+        return
+    if launcher == "srun":
+        _measure_link_in_allocation(layout, device)
+        return
+    from pipeline.allreduce import measure_for_run
+
+    measure_for_run(layout.root, device, sizes)
+
+
+def _measure_link_in_allocation(layout: RunLayout, device: str) -> None:
+    """Under srun: measure the all-reduce over this job's own tasks, which span its nodes as training's ranks did,
+    unless allreduce.json already has a fit at this many ranks or more (the training job of the sweep's largest
+    world size, whichever finishes last, leaves its link). A failure is a line in the log, never a failed job."""
+    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    measured = _largest_fit(layout.allreduce)
+    if tasks < 2 or measured >= tasks:
+        return
+    mine = layout.allreduce.with_name(f"{layout.allreduce.name}.{os.environ.get('SLURM_JOB_ID', os.getpid())}")
+    command = ["srun", f"--ntasks={tasks}", "--kill-on-bad-exit=1", sys.executable, "-m", "pipeline", "bench",
+               "--allreduce", "--quick", "--device", device, "--out", str(mine)]
+    print(f"allreduce: measuring over this job's {tasks} tasks: {' '.join(command)}", flush=True)
+    if subprocess.run(command).returncode or not mine.is_file():
+        print("allreduce: not measured (the bench step failed, see above); the report assumes the link", flush=True)
+    elif _largest_fit(layout.allreduce) < tasks:  # a job of more ranks may have finished meanwhile: keep its link
+        os.replace(mine, layout.allreduce)
+    mine.unlink(missing_ok=True)
+
+
+def _largest_fit(path: Path) -> int:
+    """The most ranks allreduce.json has a fit for (0 without the file, or with one that does not parse)."""
+    try:
+        return max((int(f["world_size"]) for f in json.loads(path.read_text()).get("fits", [])), default=0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def report_stage(run_dir: Path, other: Path | list[Path] | None = None, out: Path | None = None,
+                 combine: bool = False) -> Path:
+    """The scaling report of `run_dir`; given `other`, the comparison of the two runs instead (written to `out`), or
+    with `combine`, one report of `run_dir` and the run folders `other` lists."""
+    if combine:
+        from pipeline.report.combine import write_combined
+
+        others = other if isinstance(other, list) else [] if other is None else [other]
+        path = write_combined([run_dir, *others], out)
+    elif other is None:
         from pipeline.report.report import write_report
 
         path = write_report(run_dir)

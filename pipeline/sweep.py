@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.config import ExperimentConfig
+from pipeline.config_types import ExperimentConfig, TrainConfig
 
 NAME = re.compile(r"ws(\d+)-(cpu|cuda)-bs(\d+)(?:-r(\d+))?")
 """A run's name: `ws2-cpu-bs32` (the only run of its configuration) or `ws2-cpu-bs32-r2` (repeat 2)."""
@@ -19,8 +19,8 @@ NAME = re.compile(r"ws(\d+)-(cpu|cuda)-bs(\d+)(?:-r(\d+))?")
 REPEAT_SUFFIX = re.compile(r"-r(\d+)$")
 """How a repeat's name ends: `ws2-cpu-bs32-r2` is repeat 2 of configuration `ws2-cpu-bs32`."""
 
-SWEEP_ONLY = {"world_sizes", "batch_sizes", "batch_size", "repeats", "device", "skip_oversubscribed", "max_restarts",
-              "requeue"}
+SWEEP_ONLY = {"world_sizes", "batch_sizes", "batch_size", "scaling", "repeats", "device", "skip_oversubscribed",
+              "max_restarts", "requeue"}
 """TrainConfig keys that shape the sweep or its scheduling, not one run (whose own values replace them)."""
 
 
@@ -65,9 +65,12 @@ class TrainingRun:
         if run.world_size not in config.train.world_sizes:
             raise ValueError(f"--configuration {name!r}: world size {run.world_size} is not in train.world_sizes "
                              f"{config.train.world_sizes}")
-        if run.batch_size not in batch_sizes(config):
-            raise ValueError(f"--configuration {name!r}: batch size {run.batch_size} is not in the sweep "
-                             f"{batch_sizes(config)} (train.batch_sizes, or train.batch_size)")
+        at_size = [b for n, b in configurations(config.train) if n == run.world_size]
+        if run.batch_size not in at_size:
+            ranks = f"{run.world_size} rank{'s' * (run.world_size != 1)}"
+            raise ValueError(f"--configuration {name!r}: batch size {run.batch_size} per rank is not in the sweep at "
+                             f"{ranks}, {at_size} (train.batch_sizes or train.batch_size, and "
+                             f"train.scaling {config.train.scaling})")
         repeats = config.train.repeats
         if repeats == 1 and run.repeat:
             raise ValueError(f"--configuration {name!r}: train.repeats is 1, so names have no -r<k> suffix; "
@@ -90,9 +93,35 @@ def repeat_seed(seed: int, repeat: int) -> int:
     return seed + max(repeat, 1) - 1
 
 
-def batch_sizes(config: ExperimentConfig) -> list[int]:
-    """The batch sizes per rank of the sweep: train.batch_sizes, or the one train.batch_size."""
-    return config.train.batch_sizes or [config.train.batch_size]
+def batch_sizes(config: ExperimentConfig | TrainConfig) -> list[int]:
+    """The configured batch sizes: train.batch_sizes, or the one train.batch_size. Per rank at every world size in
+    weak scaling; per rank at the fewest ranks in strong scaling (`configurations`)."""
+    train = config if isinstance(config, TrainConfig) else config.train
+    return train.batch_sizes or [train.batch_size]
+
+
+def strong_batch(batch: int, fewest: int, world_size: int) -> int | None:
+    """Batch per rank at `world_size` that keeps the global batch `batch x fewest` of the fewest-rank configuration;
+    None when it does not divide evenly."""
+    total = batch * fewest
+    return total // world_size if total % world_size == 0 else None
+
+
+def configurations(train: TrainConfig) -> list[tuple[int, int]]:
+    """(world size, batch per rank) of every configuration of the sweep, by world size, each once: weak scaling
+    keeps each batch per rank, strong scaling its global batch at the fewest ranks, both takes the union (the
+    fewest-rank configurations belong to both). Strong batches that do not divide are left out here; the config
+    check refuses them first."""
+    fewest = min(train.world_sizes)
+    found = []
+    for n in train.world_sizes:
+        for b in batch_sizes(train):
+            if train.scaling in ("weak", "both"):
+                found.append((n, b))
+            strong = strong_batch(b, fewest, n)
+            if train.scaling in ("strong", "both") and strong is not None:
+                found.append((n, strong))
+    return list(dict.fromkeys(found))
 
 
 def plan(config: ExperimentConfig, device_for: Callable[[str, int], str]) -> list[TrainingRun]:
@@ -100,4 +129,4 @@ def plan(config: ExperimentConfig, device_for: Callable[[str, int], str]) -> lis
     world_size)` decides where each runs. With train.repeats 1 there is one run per configuration, without suffix."""
     repeats = range(1, config.train.repeats + 1) if config.train.repeats > 1 else [0]
     return [TrainingRun(n, device_for(config.train.device, n), b, k)
-            for n in config.train.world_sizes for b in batch_sizes(config) for k in repeats]
+            for n, b in configurations(config.train) for k in repeats]

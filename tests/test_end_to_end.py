@@ -41,8 +41,11 @@ def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
     assert [r["world_size"] for r in rows] == ["1", "2"]
     assert float(rows[0]["speedup"]) == 1.0
     report = (run / "report.md").read_text()
-    assert "ws2-cpu-bs8" in report and "](speedup.png)" in report and "](step_split.png)" in report
-    assert (run / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ws2-cpu-bs8" in report and "](speedup_weak.png)" in report and "](step_split.png)" in report
+    assert (run / "speedup_weak.png").read_bytes()[:4] == b"\x89PNG"
+    # The train stage measured the all-reduce at 2 ranks, and the projection says it used that link.
+    assert json.loads((run / "allreduce.json").read_text())["fits"][0]["world_size"] == 2
+    assert "Link: measured (gloo on cpu, `allreduce.json`" in report and "## Allocation estimate" in report
     assert "train.epochs" not in (run / "config.yaml").read_text() and "epochs: 2" in (run / "config.yaml").read_text()
 
     rerun = pipeline("run", str(config), "--set", "train.epochs=2")

@@ -20,8 +20,8 @@ from matplotlib.ticker import FuncFormatter
 from pipeline.config import ReportConfig
 from pipeline.io import atomic_write
 from pipeline.report import document, sections
-from pipeline.report.projection import project
-from pipeline.report.table import scaling_groups
+from pipeline.report.curves import Curve, Scaling
+from pipeline.report.studies import figure_name
 
 FORMATS = ("png", "svg")
 FLAG_LABEL = "oversubscribed cores or shared GPU"
@@ -30,14 +30,21 @@ FLAG_LABEL = "oversubscribed cores or shared GPU"
 @dataclass(frozen=True)
 class FigureData:
     rows: list[dict]
-    """One per configuration, repeats aggregated, speedup and efficiency derived."""
+    """One per configuration, repeats aggregated."""
+    curves: list[Curve]
+    """The scaling curves, each point with its speedup and efficiency."""
+    projections: list
+    """`projection.Projection` per curve that has one."""
     report: ReportConfig
-    run_dir: Path
+    out: Path
+    """Folder the figures are written into."""
+    run_dir: Path | None = None
+    """The run folder whose preprocessing is drawn (None: a combined report, which has none)."""
 
 
-def _group_label(key: tuple[str, int], group: list[dict]) -> str:
-    repeats = min(r.get("repeats", 1) for r in group)
-    return f"{key[0]}, batch {key[1]}/rank" + (f", mean of {repeats} repeats" if repeats > 1 else "")
+def _curve_label(curve: Curve) -> str:
+    repeats = min(p.get("repeats", 1) for p in curve.points)
+    return curve.label + (f", mean of {repeats} repeats" if repeats > 1 else "")
 
 
 def errorbar(ax: Axes, xs: list, ys: list, cis: list[float | None], **style) -> None:
@@ -91,39 +98,45 @@ def _finish(*axes: Axes) -> None:
         ax.legend(fontsize=7)
 
 
-def speedup(data: FigureData) -> Figure:
-    """Speedup and efficiency against the ideal line, one curve per device and batch size; beside them, dashed, the
-    projection model (projection.py) from the measured world sizes to `report.projection_world_sizes`."""
+def speedup(data: FigureData, study: Scaling) -> Figure | None:
+    """Speedup and efficiency of one study's curves against the ideal line; beside them, dashed, the projection
+    model (projection.py) from the measured world sizes to `report.projection_world_sizes`."""
+    found = [c for c in data.curves if c.scaling == study]
+    if not found:
+        return None
     fig = Figure(figsize=(11, 4.4))
     ax_speed, ax_eff = fig.subplots(1, 2)
-    projections = {(p.device, p.batch_size_per_rank): p for p in project(data.rows, data.report)[0]}
-    sizes = {r["world_size"] for r in data.rows}
-    for i, (key, group) in enumerate(scaling_groups(data.rows)):
+    projections = {p.curve: p for p in data.projections}
+    sizes = {p["world_size"] for c in found for p in c.points}
+    for i, curve in enumerate(found):
+        group = curve.points
         ranks = [r["world_size"] for r in group]
-        style = {"fmt": "o-", "color": f"C{i}", "label": f"measured ({_group_label(key, group)})"}
+        style = {"fmt": "o-", "color": f"C{i}", "label": f"measured ({_curve_label(curve)})"}
         errorbar(ax_speed, ranks, [r["speedup"] for r in group], [_ci(r, "speedup") for r in group], **style)
         errorbar(ax_eff, ranks, [r["efficiency"] for r in group], [_ci(r, "efficiency") for r in group], **style)
         _mark_flagged(ax_speed, group, [r["speedup"] for r in group])
         _mark_flagged(ax_eff, group, [r["efficiency"] for r in group])
-        if key in projections:
-            model = projections[key]
+        model = projections.get(curve.label)
+        if model is not None:
             points = sorted({p.world_size: p for p in model.at_measured + model.projected}.values(),
                             key=lambda p: p.world_size)
             sizes |= {p.world_size for p in points}
-            label = f"model: ring all-reduce at {model.gbit_s:g} Gbit/s ({key[0]}, batch {key[1]}/rank)"
-            xs = [p.world_size for p in points]
-            ax_speed.plot(xs, [p.efficiency * p.world_size / model.baseline_world_size for p in points], "s--",
-                          color=f"C{i}", markerfacecolor="none", label=label)
+            xs, base = [p.world_size for p in points], curve.baseline["world_size"]
+            label = f"model ({curve.label})"
+            ax_speed.plot(xs, [p.efficiency * p.world_size / base for p in points], "s--", color=f"C{i}",
+                          markerfacecolor="none", label=label)
             ax_eff.plot(xs, [p.efficiency for p in points], "s--", color=f"C{i}", markerfacecolor="none",
                         label=label)
     ticks = sorted(sizes)
     ax_speed.plot(ticks, [s / ticks[0] for s in ticks], "k--", label="ideal (linear)")
     ax_eff.axhline(1.0, color="k", linestyle="--", label="ideal")
-    top = max(r["efficiency"] + (_ci(r, "efficiency") or 0.0) for r in data.rows)
+    ax_eff.axhline(data.report.min_efficiency, color="red", linestyle=":",
+                   label=f"report.min_efficiency {data.report.min_efficiency:.0%}")
+    top = max(p["efficiency"] + (_ci(p, "efficiency") or 0.0) for c in found for p in c.points)
     ax_speed.set(xlabel="ranks (GPUs or CPU processes)", ylabel="speedup (samples/s vs fewest ranks)",
-                 title="Speedup")
-    ax_eff.set(xlabel="ranks (GPUs or CPU processes)", ylabel="efficiency (speedup / ranks)", title="Efficiency",
-               ylim=(0, max(1.2, top + 0.1)))
+                 title=f"Speedup, {study} scaling")
+    ax_eff.set(xlabel="ranks (GPUs or CPU processes)", ylabel="efficiency (speedup / ranks)",
+               title=f"Efficiency, {study} scaling", ylim=(0, max(1.2, top + 0.1)))
     _log2_axis(ax_speed, ticks)
     ax_speed.set_yscale("log", base=2)  # the ideal line is then a straight diagonal
     ax_speed.yaxis.set_major_formatter(FuncFormatter(_plain))
@@ -136,10 +149,11 @@ def throughput(data: FigureData) -> Figure:
     """Training samples per second of all ranks together against the ranks."""
     fig = Figure(figsize=(6, 4.4))
     ax = fig.subplots()
-    for i, (key, group) in enumerate(scaling_groups(data.rows)):
+    for i, curve in enumerate(data.curves):
+        group = curve.points
         values = [r["samples_per_second"] for r in group]
         errorbar(ax, [r["world_size"] for r in group], values, [_ci(r, "samples_per_second") for r in group],
-                  fmt="o-", color=f"C{i}", label=_group_label(key, group))
+                 fmt="o-" if curve.scaling == "weak" else "s-.", color=f"C{i}", label=_curve_label(curve))
         _mark_flagged(ax, group, values)
     ax.set(xlabel="ranks (GPUs or CPU processes)", ylabel="samples/s (all ranks)", title="Training throughput")
     _value_axis(ax, [r["samples_per_second"] for r in data.rows])
@@ -245,6 +259,8 @@ def preprocess_scaling(data: FigureData) -> Figure | None:
     """Chunks/s of preprocessing against Dask workers: the benchmark's curve with the ideal line from its smallest
     worker count and this run's own measurement, or that measurement alone (the Preprocessing section says how to
     get the curve)."""
+    if data.run_dir is None:
+        return None
     curve = sections.preprocess_curve(data.run_dir)
     summary = sections.preprocess_summary(data.run_dir)
     if curve is None and summary is None:
@@ -284,7 +300,8 @@ def preprocess_scaling(data: FigureData) -> Figure | None:
 Draw = Callable[[FigureData], Figure | None]
 
 FIGURES: dict[str, tuple[Draw, str]] = {
-    "speedup": (speedup, "Speedup and efficiency against the ideal line; dashed and hollow: the projection model"),
+    figure_name("weak"): (lambda data: speedup(data, "weak"), "Weak scaling: speedup and efficiency"),
+    figure_name("strong"): (lambda data: speedup(data, "strong"), "Strong scaling: speedup and efficiency"),
     "throughput": (throughput, "Training throughput against the ranks"),
     "step_split": (step_split, "Where a training step goes"),
     "curves": (curves, "Training loss and validation accuracy per epoch"),
@@ -292,17 +309,26 @@ FIGURES: dict[str, tuple[Draw, str]] = {
     sections.BATCH_ACCURACY_FIGURE: (batch_accuracy, "Batch size vs validation accuracy"),
     sections.PREPROCESS_FIGURE: (preprocess_scaling, "Preprocessing throughput against Dask workers"),
 }
-"""name -> (draw, caption). Those named in sections.py are placed by their section, beside their table."""
+"""name -> (draw, caption). Those named in `PLACED` are placed by their section, beside their table."""
+
+RETIRED = ("speedup",)
+"""Figures of earlier versions (one speedup figure for every curve), removed so a run folder holds only this
+report's figures."""
+
+PLACED = sections.SECTION_FIGURES | {figure_name("weak"), figure_name("strong")}
 
 
 def write_figures(data: FigureData) -> list[str]:
     """Draw every figure that has something to show as PNG and SVG into the run folder; remove the files of those
     that have not (left by an earlier report). Returns the names drawn."""
+    for name in RETIRED:
+        for fmt in FORMATS:
+            (data.out / f"{name}.{fmt}").unlink(missing_ok=True)
     drawn = []
     for name, (draw, _) in FIGURES.items():
         fig = draw(data)
         for fmt in FORMATS:
-            path = data.run_dir / f"{name}.{fmt}"
+            path = data.out / f"{name}.{fmt}"
             if fig is None:
                 path.unlink(missing_ok=True)
             else:
@@ -316,4 +342,4 @@ def write_figures(data: FigureData) -> list[str]:
 def figure_blocks(run_dir: Path) -> list[document.Figure]:
     """The report's figure blocks for the figures in the run folder, except those their section places."""
     return [document.Figure(f"{name}.png", caption) for name, (_, caption) in FIGURES.items()
-            if name not in sections.SECTION_FIGURES and (Path(run_dir) / f"{name}.png").is_file()]
+            if name not in PLACED and (Path(run_dir) / f"{name}.png").is_file()]

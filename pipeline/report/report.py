@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import ReportConfig
 from pipeline.io import atomic_write_text
 from pipeline.layout import RunLayout
-from pipeline.report import plots, sections
+from pipeline.report import details, plots, sections, studies
 from pipeline.report.aggregate import aggregate, one_per_configuration
-from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from pipeline.report.projection import report_config
-from pipeline.report.table import COLUMNS, add_derived, add_derived_repeats, cell, collect, write_scaling
+from pipeline.report.curves import STUDIES, Curve, curves, repeat_points, scaling_of
+from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, to_html, to_markdown
+from pipeline.report.flags import busy, flags_of, input_bound
+from pipeline.report.interconnect import load_link
+from pipeline.report.plan import plan_section
+from pipeline.report.projection import Projection, project, report_config
+from pipeline.report.projection_section import projection_blocks
+from pipeline.report.table import add_units, collect, write_scaling
 from pipeline.slurm.jobs import unfinished_configurations
 
 METHOD = [
     "samples/s: training samples of all ranks per second of epoch wall time, averaged over every epoch after the "
-    "first (the first pays one-off warm-up costs). The batch per rank is fixed, so the global batch grows with the "
-    "ranks (weak scaling of the batch, as in data-parallel GPU training).",
-    "speedup: samples/s over that of the configuration with the fewest ranks on the same device and batch; "
-    "efficiency: speedup divided by the ratio of ranks. Each device is its own baseline: a GPU configuration is "
-    "never divided by a CPU one.",
+    "first (the first pays one-off warm-up costs). Weak scaling keeps the batch per rank, so the global batch grows "
+    "with the ranks; strong scaling keeps the global batch of the fewest-rank configuration and divides it "
+    "(train.scaling). Every table, figure and note names the study a curve belongs to.",
+    "speedup: samples/s over that of the curve's configuration with the fewest ranks (same device, and the same "
+    "batch per rank for weak or global batch for strong scaling); efficiency: speedup divided by the ratio of ranks. "
+    "Each device is its own baseline: a GPU configuration is never divided by a CPU one.",
     "step ms: mean wall time of one training step on rank 0 over the same epochs, split into data ms (waiting for "
     "the batch), fwd+bwd ms (forward and backward, including the wait for the last gradient all-reduce) and "
     "optimizer ms. all-reduce ms: time from launching each gradient bucket's all-reduce to its completion, summed "
@@ -38,12 +45,36 @@ METHOD = [
     "interval of that mean, t(0.975, n-1) x sample std / sqrt(n), which is wide for few repeats. The intervals of "
     "speedup and efficiency combine the relative intervals of the two means to first order; a baseline's own "
     "speedup, and any figure of a single run, has none.",
-    "Column meanings are also in scaling.json; scaling.csv has one row per configuration, scaling_repeats.csv one "
-    "row per repeat.",
+    "Column meanings are also in scaling.json; scaling.csv has one row per configuration and curve it is on, "
+    "scaling_repeats.csv one row per repeat and curve.",
 ]
 
 
+@dataclass
+class ReportInput:
+    """Everything a scaling report is made from, so that one run folder's report and a report combining several
+    (`combine.py`) are rendered by the same code."""
+
+    out: Path
+    """Folder the report, its tables and figures are written into."""
+    runs: list[dict]
+    """One row per training run (`table.collect`); repeats are folded by `aggregate`."""
+    report: ReportConfig
+    scaling: str = "weak"
+    """train.scaling: which studies (`curves.STUDIES`) the report shows."""
+    skipped: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Said first under "Read this before quoting the numbers" (e.g. which run each configuration came from)."""
+    run_dir: Path | None = None
+    """The run folder whose confusion matrices and preprocessing the report shows; None for a combined report."""
+    allreduce_dir: Path | None = None
+    """Folder whose allreduce.json (`pipeline bench --allreduce`) feeds the projection; None: the assumed link."""
+    title: str = ""
+
+
 def write_report(run_dir: Path) -> Path:
+    """The report of one run folder, written into it; returns report.md."""
     run_dir = Path(run_dir)
     runs, skipped = collect(run_dir)
     failed = unfinished_configurations(run_dir)
@@ -51,22 +82,43 @@ def write_report(run_dir: Path) -> Path:
         names = "; ".join(f"{f['name']}: {f['reason']}" for f in failed)
         raise FileNotFoundError(f"{run_dir}: no configs/*/metrics.json to report on; run `pipeline train` first"
                                 + (f". Submitted configurations without results: {names}" if failed else ""))
-    rows = aggregate(runs)
-    skipped = one_per_configuration(skipped)
-    add_derived(rows)
-    add_derived_repeats(runs, rows)
-    write_scaling(run_dir, rows, runs)
-    report = report_config(run_dir)
-    plots.write_figures(plots.FigureData(rows, report, run_dir))
-    blocks = build(run_dir, rows, skipped, failed, report, provenance_notes(runs))
-    layout = RunLayout(run_dir)
-    atomic_write_text(layout.report, to_markdown(blocks))
-    atomic_write_text(layout.report_html, to_html(blocks, run_dir, f"Scaling report: {run_dir.name}"))
-    return layout.report
+    return render(ReportInput(run_dir, runs, report_config(run_dir), scaling_of(run_dir),
+                              one_per_configuration(skipped), failed, provenance_notes(runs), run_dir, run_dir,
+                              f"Scaling report: {run_dir.name}"))
 
 
-def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dict],
-          report: ReportConfig, provenance: list[str] | None = None) -> list[Block]:
+def render(given: ReportInput) -> Path:
+    """Fold the repeats, build the curves and projections, write the tables, figures, report.md and report.html."""
+    rows = aggregate(given.runs)
+    for row in rows + given.runs:
+        add_units(row)
+    found = curves(rows, STUDIES[given.scaling])
+    projections, missing = projections_for(found, given)
+    points = [p for curve in found for p in curve.points]
+    for point in points:
+        point["flags"] = ", ".join(flags_of(point, given.report))
+    write_scaling(given.out, points, repeat_points(given.runs, found))
+    plots.write_figures(plots.FigureData(rows, found, projections, given.report, given.out, given.run_dir))
+    blocks = build(given, rows, found, projections, missing)
+    atomic_write_text(given.out / "report.md", to_markdown(blocks))
+    atomic_write_text(given.out / "report.html", to_html(blocks, given.out, given.title or "Scaling report"))
+    return given.out / "report.md"
+
+
+def projections_for(found: list[Curve], given: ReportInput) -> tuple[list[Projection], list[str]]:
+    """The projection of every curve, each device with its own link: measured by `pipeline bench --allreduce` on
+    that device when the run has allreduce.json, else the assumed `report.interconnect_gbit_s`."""
+    projections, missing = [], []
+    for device in sorted({c.device for c in found}):
+        link = load_link(given.allreduce_dir, given.report, device)
+        made, lacking = project([c for c in found if c.device == device], given.report, link)
+        projections += made
+        missing += lacking
+    return projections, missing
+
+
+def build(given: ReportInput, rows: list[dict], found: list[Curve], projections: list[Projection],
+          missing: list[str]) -> list[Block]:
     first = rows[0]
     gpu = next((r["gpu_model"] for r in rows if r["device"] == "cuda" and r.get("gpu_model")), None)
     hardware = (f"Measured {first['measured_at']} on `{first['hostname']}`: {first['cpu_model']}, "
@@ -74,22 +126,27 @@ def build(run_dir: Path, rows: list[dict], skipped: list[dict], failed: list[dic
                 + (f", GPU {gpu}" if gpu else "") + ". Versions: "
                 + ", ".join(f"{k} {v}" for k, v in first["versions"].items())
                 + f". Launcher: {first['launcher']}. " + _code_sentence(first) + _repeats_sentence(rows))
-    blocks: list[Block] = [Heading(f"Scaling report: {run_dir.name}", 1), Paragraph(hardware)]
-    if failed:
+    blocks: list[Block] = [Heading(given.title or "Scaling report", 1), Paragraph(hardware)]
+    if given.failed:
         blocks += [Heading("Configurations without results"),
-                   Bullets([f"{f['name']}: {f['reason']}" for f in failed])]
-    shown = [(key, header) for key, header, _ in COLUMNS if not key.endswith("_ci95")]  # `cell` shows them as ±
-    blocks += [Heading("Configurations"),
-               Table([header for _, header in shown], [[cell(row, key) for key, _ in shown] for row in rows])]
-    blocks += plots.figure_blocks(run_dir)
-    blocks += sections.gpu_vs_cpu_section(rows, run_dir) + sections.batch_accuracy_section(rows, run_dir)
-    blocks += sections.projection_section(rows, report)
-    blocks += [Heading("Test confusion matrices"), *_confusion_figures(run_dir, rows)]
+                   Bullets([f"{f['name']}: {f['reason']}" for f in given.failed])]
+    blocks += studies.summary_blocks(found, given.report, projections)
+    for study in STUDIES[given.scaling]:
+        blocks += studies.study_section(study, [c for c in found if c.scaling == study], given.report,
+                                        given.out)
+    blocks += plots.figure_blocks(given.out)
+    blocks += details.detail_sections(rows)
+    blocks += sections.gpu_vs_cpu_section(rows, given.out) + sections.batch_accuracy_section(rows, given.out)
+    blocks += projection_blocks(projections, missing)
+    blocks += plan_section(found, projections, given.report)
+    if given.run_dir is not None:
+        blocks += [Heading("Test confusion matrices"), *_confusion_figures(given.run_dir, rows)]
     blocks += [Heading("How this was measured"), Bullets(METHOD)]
     blocks += [Heading("Read this before quoting the numbers"),
-               Bullets((provenance or []) + sections.mixed_device_notes(rows) + honesty_notes(rows, skipped)
+               Bullets(given.notes + sections.mixed_device_notes(rows) + honesty_notes(rows, found, given.skipped)
                        + sections.gpu_sharing_notes(rows))]
-    blocks += sections.preprocess_section(run_dir)
+    if given.run_dir is not None:
+        blocks += sections.preprocess_section(given.run_dir)
     return blocks
 
 
@@ -132,11 +189,8 @@ def provenance_notes(runs: list[dict]) -> list[str]:
     return notes
 
 
-BUSY_MARGIN = 0.75
-"""Load average above a configuration's own threads that counts as a busy machine."""
-
-
-def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
+def honesty_notes(rows: list[dict], found: list[Curve], skipped: list[dict]) -> list[str]:
+    """What the hardware and the machine's state make of the figures, one note each."""
     notes = []
     cpu = [r for r in rows if r["device"] == "cpu"]
     if cpu:
@@ -150,14 +204,17 @@ def honesty_notes(rows: list[dict], skipped: list[dict]) -> list[str]:
             notes.append(f"{row['name']} oversubscribes the CPU: {row['world_size']} ranks x "
                          f"{row['threads_per_rank']} threads on {row['cpu_cores_available']} cores; its speedup "
                          "is bounded by the cores, not by the method.")
-    notes += sections.explain_efficiency(rows)
+    notes += sections.explain_efficiency([p for curve in found for p in curve.points])
     for row in rows:
-        own = row["world_size"] * row["threads_per_rank"]
-        load = row.get("load_average_1m")
-        if row["device"] == "cpu" and load is not None and load > own + BUSY_MARGIN:
-            notes.append(f"{row['name']} shared the machine: the load average was {load:.1f} at the end of its "
-                         f"training, against {own} thread(s) of its own, so its throughput is lower than on a "
-                         "quiet machine.")
+        if busy(row):
+            notes.append(f"{row['name']} shared the machine: the load average was {row['load_average_1m']:.1f} at "
+                         f"the end of its training, against {row['world_size'] * row['threads_per_rank']} "
+                         "thread(s) of its own, so its throughput is lower than on a quiet machine.")
+        if input_bound(row):
+            notes.append(f"{row['name']} is input-bound: {row['samples_per_second']:.1f} samples/s with real data "
+                         f"against {row['synthetic_samples_per_second']:.1f} with data made on the device "
+                         f"({row['real_over_synthetic']:.0%}); the loader, not the model or the all-reduce, limits "
+                         "it (more train.loader_workers, or faster storage).")
     for skip in skipped:
         notes.append(f"{skip['name']} was not run: {skip['reason']}.")
     return notes

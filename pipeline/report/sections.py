@@ -13,11 +13,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import ReportConfig
 from pipeline.layout import RunLayout
 from pipeline.records import PreprocessRun, PreprocessSummary
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
-from pipeline.report.projection import Projection, project
 from pipeline.report.table import cell
 
 GPU_VS_CPU_FIGURE = "gpu_vs_cpu"
@@ -98,57 +96,6 @@ def batch_accuracy_section(rows: list[dict], run_dir: Path) -> list[Block]:
                       "the same for all of them unless the config scales it. " + _repeats_phrase(rows)),
             Table(headers, table_rows),
             *_figure(run_dir, BATCH_ACCURACY_FIGURE, "Batch size vs validation accuracy")]
-
-
-def projection_section(rows: list[dict], report: ReportConfig) -> list[Block]:
-    """The projection model's efficiency at `report.projection_world_sizes`, and at the measured world sizes beside
-    the measured efficiency, so that a reader sees how far the model is off where it can be checked."""
-    projections, missing = project(rows, report)
-    heading = Heading("Projection to more GPUs (a model, not a measurement)")
-    if not projections:
-        return [heading, Paragraph("No projection for " + "; ".join(missing) + ".")]
-    blocks: list[Block] = [heading, Paragraph(
-        "Model: a ring all-reduce moves 2(N-1)/N x the gradient bytes through each rank's link, so "
-        f"t_comm(N) = 2(N-1)/N x gradient bytes / ({report.interconnect_gbit_s:g} Gbit/s = "
-        f"{report.interconnect_gbit_s / 8:g} GB/s per GPU, `report.interconnect_gbit_s`); "
-        "t_step(N) = t_compute + t_comm(N), where t_compute is the measured mean step of the fewest-rank "
-        "configuration; efficiency(N) = t_step(fewest) / t_step(N), and expected samples/s = the fewest-rank "
-        "configuration's samples/s x ranks ratio x efficiency(N). It assumes no overlap of the all-reduce with "
-        "backward (conservative: DDP overlaps them), ignores latency and contention (optimistic), and takes the "
-        "gradient size training recorded (fp32 gradients unless compressed). It is drawn dashed in the speedup "
-        "figure.")]
-    for model in projections:
-        blocks += _projection_table(model)
-    if missing:
-        blocks.append(Paragraph("No projection for " + "; ".join(missing) + "."))
-    return blocks
-
-
-def _projection_table(model: Projection) -> list[Block]:
-    intro = (f"{model.device}, batch {model.batch_size_per_rank}/rank: t_compute {model.compute_s * 1000:.1f} ms "
-             f"(step of {model.baseline}), gradient {model.gradient_bytes / 1e6:.1f} MB per step.")
-    if model.device == "cpu":
-        intro += (" These are CPU ranks: the model supposes each on its own node with a link of this bandwidth, "
-                  "whereas the measured ranks all-reduce through one host's shared memory.")
-    rows = [[str(p.world_size), "measured", f"{p.efficiency:.1%}",
-             f"{p.measured_efficiency:.1%}" + (f" ± {p.measured_efficiency_ci95:.1%}"
-                                               if p.measured_efficiency_ci95 is not None else ""),
-             f"{p.samples_per_second:.1f}", f"{p.measured_samples_per_second:.1f}", f"{p.comm_s * 1000:.2f}"]
-            for p in model.at_measured]
-    rows += [[str(p.world_size), "projected", f"{p.efficiency:.1%}", "", f"{p.samples_per_second:.1f}", "",
-              f"{p.comm_s * 1000:.2f}"] for p in model.projected]
-    gaps = [f"at {p.world_size} ranks the model gives {p.efficiency:.1%} against {p.measured_efficiency:.1%} "
-            f"measured ({(p.efficiency - p.measured_efficiency) * 100:+.0f} points)"
-            for p in model.at_measured if p.world_size != model.baseline_world_size]
-    blocks: list[Block] = [Paragraph(intro), Table(
-        ["ranks", "point", "model efficiency", "measured efficiency", "model samples/s", "measured samples/s",
-         "model all-reduce ms"], rows)]
-    if gaps:
-        blocks.append(Paragraph(
-            "Where it can be checked, " + "; ".join(gaps) + ". A model above the measurement misses costs that "
-            "grow with the ranks besides the all-reduce (contention for shared cores and memory, stragglers); one "
-            "below it is the overlap with backward that the model leaves out."))
-    return blocks
 
 
 @dataclass(frozen=True)
@@ -333,29 +280,31 @@ def mixed_device_notes(rows: list[dict]) -> list[str]:
             "that changes device part-way is two curves, and a CPU rank is not a GPU."]
 
 
-def explain_efficiency(rows: list[dict]) -> list[str]:
-    """For each configuration under 95% efficiency, where the loss goes: the all-reduce's share of the step, which
-    phase of the step grew against the fewest-rank configuration, and what is lost outside the steps.
-
-    Meant to replace the efficiency part of report.honesty_notes, which states the same split as raw numbers.
-    """
+def explain_efficiency(points: list[dict]) -> list[str]:
+    """For each curve point under 95% efficiency, where the loss goes: the all-reduce's share of the step, which
+    phase of the step grew against the curve's baseline, and what is lost outside the steps. A strong-scaling point
+    is named with its curve: its step is expected to shrink with the ranks, so only what the step times predict is
+    compared."""
     notes = []
-    for row in rows:
-        base = next(r for r in rows if r["name"] == row["baseline"])
+    for row in points:
+        base = next(r for r in points if r["name"] == row["baseline"])
         if row["world_size"] <= base["world_size"] or row["efficiency"] >= EXPLAIN_BELOW:
             continue
         ci = row.get("efficiency_ci95")
-        text = (f"{row['name']} reaches {row['efficiency']:.0%}" + (f" ± {ci:.0%}" if ci is not None else "")
+        strong = row.get("scaling") == "strong"
+        text = (f"{row['name']}" + (f" ({row['curve']})" if strong else "") + f" reaches {row['efficiency']:.0%}"
+                + (f" ± {ci:.0%}" if ci is not None else "")
                 + f" efficiency. The all-reduce is {row['allreduce_ms'] / row['step_ms']:.0%} of the step at "
                 f"{_ranks(row['world_size'], row['device'])} ({row['allreduce_ms']:.1f} of {row['step_ms']:.1f} ms, "
                 "launch to completion; it overlaps backward, so not all of it is lost).")
         growth = {label: row[key] - base[key] for key, label in SPLIT}
-        grown = row["step_ms"] - base["step_ms"]
-        if grown > 0:
+        if not strong and row["step_ms"] > base["step_ms"]:
             phase = max(growth, key=growth.get)
             text += (f" The step grew from {base['step_ms']:.1f} ms at {_ranks(base['world_size'], base['device'])} "
                      f"to {row['step_ms']:.1f} ms, mostly in {phase} (+{growth[phase]:.1f} ms).")
-        from_steps = base["step_ms"] / row["step_ms"]
+        # samples/s = global batch / step, so the steps alone predict this efficiency
+        ratio = row["world_size"] / base["world_size"]
+        from_steps = row["global_batch_size"] / base["global_batch_size"] * base["step_ms"] / row["step_ms"] / ratio
         if row["efficiency"] < from_steps - 0.05:
             text += (f" The step times alone would give {from_steps:.0%}; the rest is lost outside the timed steps "
                      "(between steps and at the start and end of each epoch).")

@@ -10,13 +10,15 @@ from pipeline import records
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.layout import RunLayout
 from pipeline.records import Skipped, TrainingMetrics
-from pipeline.report.aggregate import configuration_of
 
 PHASES = tuple(f"mean_{phase}" for phase in records.PHASES)
 """The TrainingMetrics fields of the step's phases (`records.PHASES`); each becomes a `_ms` column."""
 
 # (key, short header, meaning): the columns of scaling.csv / scaling.json and of the report's table.
 COLUMNS = [
+    ("scaling", "scaling", "weak (batch per rank fixed) or strong (global batch fixed): the study the row's speedup "
+     "and efficiency belong to; a configuration on a curve of each study has a row in each"),
+    ("curve", "curve", "the scaling curve: study, device and the batch it keeps"),
     ("name", "configuration", "ws<ranks>-<device>-bs<batch per rank>"),
     ("model", "model", "classifier architecture"),
     ("input", "input", "features (feature shards) or images (PNG/JPEG, in tar shards or files)"),
@@ -39,10 +41,15 @@ COLUMNS = [
     ("forward_backward_ms", "fwd+bwd ms", "mean forward + backward, incl. the wait for the last all-reduce"),
     ("optimizer_ms", "optimizer ms", "mean optimizer step"),
     ("allreduce_ms", "all-reduce ms", "mean gradient all-reduce time per step, launch to completion (overlaps)"),
+    ("allreduce_share", "all-reduce share", "all-reduce ms / step ms (it overlaps backward: not all of it is lost)"),
+    ("synthetic_samples_per_second", "synthetic samples/s",
+     "samples/s of the same model on data made on the device (train.synthetic_steps; none when off)"),
+    ("real_over_synthetic", "real/synthetic", "samples/s with real data over synthetic: under 0.9, input-bound"),
     ("peak_memory_mb", "peak MB", "peak RSS per rank on CPU, peak reserved by the CUDA allocator on GPU; max of ranks"),
     ("epoch_time_s", "epoch s", "mean epoch wall time, epochs after the first"),
     ("epoch_time_s_ci95", "epoch s ±", "half-width of the 95% confidence interval of epoch s"),
-    ("speedup", "speedup", "samples/s over the fewest-rank configuration on the same device and batch"),
+    ("baseline", "baseline", "the curve's fewest-rank configuration, which speedup and efficiency divide by"),
+    ("speedup", "speedup", "samples/s over that of the curve's baseline"),
     ("speedup_ci95", "speedup ±", "half-width of the 95% confidence interval of speedup (first-order propagation)"),
     ("efficiency", "efficiency", "speedup / ratio of ranks"),
     ("efficiency_ci95", "efficiency ±", "half-width of the 95% confidence interval of efficiency"),
@@ -57,6 +64,7 @@ COLUMNS = [
     ("restarts", "restarts", "times the launcher restarted the configuration after a rank died"),
     ("train_wall_s", "wall s", "wall time of the training job: loading, training, evaluation"),
     ("device_hours", "device-hours", "wall time x ranks: GPU-hours on GPU, rank-hours on CPU"),
+    ("flags", "flags", "what to know before quoting the row (the report's legend says what each means)"),
 ]
 
 
@@ -74,49 +82,51 @@ def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return measured, skipped
 
 
-def add_derived(rows: list[dict]) -> None:
-    """Speedup and efficiency against the fewest-rank configuration on the same device and batch; ms and cost.
-
-    On aggregated rows each derived column gets its `_ci95` too. Speedup is a ratio of two means, S / B, so its
-    interval comes from first-order error propagation: the relative half-width is sqrt((ci_S / S)^2 + (ci_B / B)^2),
-    the two means being independent runs. Efficiency divides by a constant, so it keeps the relative half-width. A
-    mean of one repeat has an unknown spread, so a ratio involving it has no interval (None) rather than one that
-    counts that spread as zero; the baseline's own speedup is 1 by definition, with no interval either.
-    """
-    for _, group in scaling_groups(rows):
-        for row in group:
-            _derive(row, group[0])
-
-
-def scaling_groups(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
-    """Configurations per (device, batch per rank), each group sorted by ranks: the curves of a scaling study, whose
-    first member is the baseline of speedup and efficiency."""
-    keys = sorted({(r["device"], r["batch_size_per_rank"]) for r in rows})
-    return [(key, sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == key),
-                         key=lambda r: r["world_size"])) for key in keys]
-
-
-def add_derived_repeats(repeats: list[dict], configurations: list[dict]) -> None:
-    """The derived columns of each single repeat, against the mean of its configuration's baseline (the same scale as
-    the aggregated row); `configurations` went through `add_derived`."""
-    by_name = {row["name"]: row for row in configurations}
-    for row in repeats:
-        row["repeats"] = 1
-        _derive(row, baseline_of(configurations, by_name[configuration_of(row)]))
-
-
-def _derive(row: dict, base: dict) -> None:
-    row["speedup"] = row["samples_per_second"] / base["samples_per_second"]
-    ratio = row["world_size"] / base["world_size"]
-    row["efficiency"] = row["speedup"] / ratio
-    row["baseline"] = base["name"]
-    relative = None if row is base else relative_ci(row, base, "samples_per_second")
-    row["speedup_ci95"] = None if relative is None else row["speedup"] * relative
-    row["efficiency_ci95"] = None if relative is None else row["speedup_ci95"] / ratio
+def add_units(row: dict) -> None:
+    """The columns of one configuration (or repeat) that need no baseline: phases in ms, memory in MB, the cost in
+    device-hours, the all-reduce's share of the step and the real-over-synthetic ratio; intervals scale along."""
     for phase in PHASES:
         _scaled(row, phase, phase.removeprefix("mean_").removesuffix("_s") + "_ms", 1000)
     _scaled(row, "peak_memory_bytes", "peak_memory_mb", 1 / 2**20)
     _scaled(row, "train_wall_s", "device_hours", row["world_size"] / 3600)
+    row["allreduce_share"] = row["allreduce_ms"] / row["step_ms"] if row["step_ms"] else None
+    synthetic = row.get("synthetic_samples_per_second")
+    row["real_over_synthetic"] = row["samples_per_second"] / synthetic if synthetic else None
+
+
+def derive(point: dict, base: dict) -> None:
+    """Speedup and efficiency of `point` against its curve's baseline `base`, with intervals.
+
+    Speedup is a ratio of two means, S / B, so its interval comes from first-order error propagation: the relative
+    half-width is sqrt((ci_S / S)^2 + (ci_B / B)^2), the two means being independent runs. Efficiency divides by a
+    constant, so it keeps the relative half-width. A mean of one repeat has an unknown spread, so a ratio involving
+    it has no interval (None) rather than one that counts that spread as zero; the baseline's own speedup is 1 by
+    definition, with no interval either.
+    """
+    point["speedup"] = point["samples_per_second"] / base["samples_per_second"]
+    ratio = point["world_size"] / base["world_size"]
+    point["efficiency"] = point["speedup"] / ratio
+    point["baseline"] = base["name"]
+    relative = None if point["name"] == base["name"] else relative_ci(point, base, "samples_per_second")
+    point["speedup_ci95"] = None if relative is None else point["speedup"] * relative
+    point["efficiency_ci95"] = None if relative is None else point["speedup_ci95"] / ratio
+
+
+def add_derived(rows: list[dict]) -> None:
+    """`add_units`, and speedup and efficiency along the weak-scaling curves (same device and batch per rank), in
+    place: what a comparison of two runs shows. The report itself derives per curve (`curves.curves`)."""
+    for _, group in scaling_groups(rows):
+        for row in group:
+            add_units(row)
+            derive(row, group[0])
+
+
+def scaling_groups(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
+    """Configurations per (device, batch per rank), each group sorted by ranks: the weak-scaling curves, whose
+    first member is the baseline of speedup and efficiency."""
+    keys = sorted({(r["device"], r["batch_size_per_rank"]) for r in rows})
+    return [(key, sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == key),
+                         key=lambda r: r["world_size"])) for key in keys]
 
 
 def relative_ci(row: dict, base: dict, key: str) -> float | None:
@@ -134,23 +144,20 @@ def _scaled(row: dict, source: str, target: str, factor: float) -> None:
     row[f"{target}_ci95"] = None if ci is None else ci * factor
 
 
-def baseline_of(rows: list[dict], row: dict) -> dict:
-    return next(r for r in rows if r["name"] == row["baseline"])
-
-
 def table_rows(rows: list[dict]) -> list[dict]:
     """Each configuration reduced to the documented columns, floats rounded: the rows of scaling.csv/.json."""
     return [{key: _round(row.get(key)) for key, _, _ in COLUMNS} for row in rows]
 
 
-def write_scaling(run_dir: Path, rows: list[dict], repeats: list[dict]) -> None:
-    """scaling.csv (one row per configuration), scaling.json (the column meanings, then the same rows), and
-    scaling_repeats.csv (the same columns, one row per repeat, so every mean can be checked against its samples)."""
-    table = table_rows(rows)
+def write_scaling(out: Path, points: list[dict], repeats: list[dict]) -> None:
+    """scaling.csv (one row per configuration and curve it is on), scaling.json (the column meanings, then the same
+    rows), and scaling_repeats.csv (the same columns, one row per repeat and curve, so every mean can be checked
+    against its samples)."""
+    table = table_rows(points)
     keys = [key for key, _, _ in COLUMNS]
-    atomic_write_csv(run_dir / "scaling.csv", table, keys)
-    atomic_write_csv(run_dir / "scaling_repeats.csv", table_rows(repeats), keys)
-    atomic_write_json(run_dir / "scaling.json",
+    atomic_write_csv(out / "scaling.csv", table, keys)
+    atomic_write_csv(out / "scaling_repeats.csv", table_rows(repeats), keys)
+    atomic_write_json(out / "scaling.json",
                       {"columns": {key: meaning for key, _, meaning in COLUMNS}, "configurations": table})
 
 

@@ -16,6 +16,7 @@ from pipeline.train.backend import DDPBackend
 from pipeline.train.distributed import DistributedEnv
 from pipeline.train.environment import describe_environment
 from pipeline.train.metrics import write_confusion
+from pipeline.train.synthetic import SyntheticSpeed, synthetic_throughput
 from pipeline.train.timing import PHASES, StepTimes, peak_memory_bytes, write_step_times
 from pipeline.train.trainer import Outcome, Trainer
 
@@ -35,21 +36,29 @@ class RunEnd:
     device_reason: str | None
     """Why the launcher gave the run its device."""
     wall_s: float
+    synthetic: SyntheticSpeed | None = None
+    """The synthetic-data phase after training (`train.synthetic_steps`), or None when it did not run."""
 
 
 def finish(experiment: ExperimentConfig, trainer: Trainer, outcome: Outcome, paths: TrainingPaths,
            env: DistributedEnv, repeat: int, restarts: int, device_reason: str | None, wall_s: float) -> None:
-    """Test-set evaluation on all ranks; rank 0 writes the outputs."""
+    """Test-set evaluation on all ranks; rank 0 writes the outputs. With `train.synthetic_steps`, the synthetic-data
+    phase runs on all ranks once everything that reads the trained weights is done (it trains them further), and
+    metrics.json, written last, records it."""
     test = trainer.test()
     divergence = ranks_in_sync(outcome.model, trainer.backend)
     peak = torch.tensor(peak_memory_bytes(trainer.device), dtype=torch.float64, device=trainer.device)
     trainer.backend.all_reduce(peak, op="max")
-    if env.rank != 0:
-        return
-    end = RunEnd(outcome, test, divergence, int(peak.item()), restarts, device_reason, wall_s)
     config = experiment.train
-    write_outputs(paths, end, trainer.labels, config)
-    training_metrics(end, config, trainer.labels, trainer.device, env, repeat).write(paths.metrics)
+    end = RunEnd(outcome, test, divergence, int(peak.item()), restarts, device_reason, wall_s)
+    if env.rank == 0:
+        write_outputs(paths, end, trainer.labels, config)
+    if config.synthetic_steps:
+        end.synthetic = synthetic_throughput(trainer, config.synthetic_steps)
+        trainer.log(f"synthetic data, {config.synthetic_steps} steps: {end.synthetic.samples_per_second:.1f} "
+                    f"samples/s, {end.synthetic.step_s * 1000:.1f} ms per step")
+    if env.rank == 0:
+        training_metrics(end, config, trainer.labels, trainer.device, env, repeat).write(paths.metrics)
 
 
 def write_outputs(paths: TrainingPaths, end: RunEnd, labels: list[str], config: TrainConfig) -> None:
@@ -110,6 +119,8 @@ def training_metrics(end: RunEnd, config: TrainConfig, labels: list[str], device
         resumed_from=facts.resumed_from, rank_max_param_difference=end.divergence, restarts=end.restarts,
         train_wall_s=end.wall_s, labels=labels, history=history,
         device_reason=end.device_reason,
+        synthetic_samples_per_second=end.synthetic.samples_per_second if end.synthetic else None,
+        synthetic_step_s=end.synthetic.step_s if end.synthetic else None,
         **{**describe_environment(device, config.threads_per_rank, world), "launcher": env.launcher},
         code=code_version())
 

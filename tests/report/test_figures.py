@@ -12,6 +12,9 @@ from pipeline.layout import RunLayout
 from pipeline.records import PreprocessRun, PreprocessSummary
 from pipeline.report import plots
 from pipeline.report.aggregate import aggregate
+from pipeline.report.curves import STUDIES, curves
+from pipeline.report.interconnect import assumed
+from pipeline.report.projection import project
 from pipeline.report.table import add_derived
 from tests.report.fixtures import epoch, metrics
 
@@ -43,8 +46,12 @@ def configurations(*run_lists: list[dict]) -> list[dict]:
     return rows
 
 
-def data(tmp_path: Path, rows: list[dict], report: ReportConfig | None = None) -> plots.FigureData:
-    return plots.FigureData(rows, report or ReportConfig(), tmp_path)
+def data(tmp_path: Path, rows: list[dict], report: ReportConfig | None = None,
+         scaling: str = "weak") -> plots.FigureData:
+    """What the report draws from: the rows, their curves and the projection over the assumed link."""
+    report = report or ReportConfig()
+    found = curves(rows, STUDIES[scaling])
+    return plots.FigureData(rows, found, project(found, report, assumed(report))[0], report, tmp_path, tmp_path)
 
 
 def write_summary(run_dir: Path, workers: int = 2, chunks_per_second: float = 183.15, idle_reruns: int = 1) -> None:
@@ -93,24 +100,26 @@ def test_every_figure_is_written_as_png_and_svg(tmp_path, monkeypatch):
                           runs("cuda", 64, repeats=3, speed=3000.0, gradient_bytes=GRADIENT_BYTES, gpu_count=2))
     write_summary(tmp_path)
     write_scaling_benchmark(tmp_path, monkeypatch)
-    drawn = plots.write_figures(data(tmp_path, rows))
+    drawn = plots.write_figures(data(tmp_path, rows, scaling="both"))
     assert drawn == list(plots.FIGURES)
     for name in drawn:
         png, svg = (tmp_path / f"{name}.png"), (tmp_path / f"{name}.svg")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
         assert "<svg" in svg.read_text()[:1000] and svg.stat().st_size > 10_000, name
     # The section figures are placed by their sections, the others listed for the report in FIGURES order.
-    assert [f.file for f in plots.figure_blocks(tmp_path)] == ["speedup.png", "throughput.png", "step_split.png",
-                                                                "curves.png"]
+    assert [f.file for f in plots.figure_blocks(tmp_path)] == ["throughput.png", "step_split.png", "curves.png"]
 
 
 def test_figures_without_data_are_absent_and_their_old_files_removed(tmp_path):
-    for stale in ("gpu_vs_cpu.png", "gpu_vs_cpu.svg", "batch_accuracy.png", "preprocess_scaling.svg"):
+    for stale in ("gpu_vs_cpu.png", "gpu_vs_cpu.svg", "batch_accuracy.png", "preprocess_scaling.svg",
+                  "speedup.png", "speedup_strong.svg"):
         (tmp_path / stale).write_text("from an earlier report")
     rows = configurations(runs("cpu", 32, sizes=(1, 2, 4)))
-    assert plots.write_figures(data(tmp_path, rows)) == ["speedup", "throughput", "step_split", "curves"]
+    drawn = ["speedup_weak", "throughput", "step_split", "curves"]
+    assert plots.write_figures(data(tmp_path, rows)) == drawn
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{name}.{fmt}" for name in ("speedup", "throughput", "step_split", "curves") for fmt in ("png", "svg"))
+        f"{name}.{fmt}" for name in drawn for fmt in ("png", "svg"))
+    assert plots.speedup(data(tmp_path, rows), "strong") is None
     assert plots.gpu_vs_cpu(data(tmp_path, rows)) is None
     assert plots.batch_accuracy(data(tmp_path, rows)) is None
     assert plots.preprocess_scaling(data(tmp_path, rows)) is None
@@ -120,7 +129,7 @@ def test_error_bars_are_the_confidence_intervals(tmp_path):
     rows = configurations(runs("cpu", 32, repeats=3))
     two = next(r for r in rows if r["world_size"] == 2)
     assert two["efficiency_ci95"] > 0 and two["samples_per_second_ci95"] > 0
-    fig = plots.speedup(data(tmp_path, rows))
+    fig = plots.speedup(data(tmp_path, rows), "weak")
     ax_speed, ax_eff = fig.axes
     (measured,) = error_containers(ax_eff)
     assert measured.has_yerr
@@ -136,28 +145,31 @@ def test_error_bars_are_the_confidence_intervals(tmp_path):
                                                                                    for r in rows])
     # One run per configuration: the same lines, no bars.
     single = configurations(runs("cpu", 32))
-    fig = plots.speedup(data(tmp_path, single))
+    fig = plots.speedup(data(tmp_path, single), "weak")
     assert [c.has_yerr for ax in fig.axes for c in error_containers(ax)] == [False, False]
     assert error_containers(plots.step_split(data(tmp_path, single)).axes[0]) == []
 
 
 def test_projection_is_drawn_dashed_and_labelled_as_a_model(tmp_path):
     rows = configurations(runs("cpu", 32, gradient_bytes=GRADIENT_BYTES))
-    fig = plots.speedup(data(tmp_path, rows, ReportConfig(interconnect_gbit_s=25.0, projection_world_sizes=[8, 32])))
+    report = ReportConfig(interconnect_gbit_s=25.0, projection_world_sizes=[8, 32])
+    drawn = data(tmp_path, rows, report)
+    fig = plots.speedup(drawn, "weak")
     for ax in fig.axes:
-        (model,) = [line for line in ax.get_lines() if line.get_label().startswith("model:")]
-        assert model.get_label() == "model: ring all-reduce at 25 Gbit/s (cpu, batch 32/rank)"
+        (model,) = [line for line in ax.get_lines() if line.get_label().startswith("model")]
+        assert model.get_label() == "model (weak, cpu, 32/rank)"
         assert model.get_linestyle() == "--" and model.get_marker() == "s"
         assert list(model.get_xdata()) == [1, 2, 8, 32]
         assert ax.get_xscale() == "log" and ax.get_xlim()[1] >= 32
         assert list(ax.get_xticks()) == [1, 2, 8, 32]
     ax_eff = fig.axes[1]
-    (model,) = [line for line in ax_eff.get_lines() if line.get_label().startswith("model:")]
-    compute = rows[0]["step_ms"] / 1000
-    assert model.get_ydata()[-1] == pytest.approx(compute / (compute + 2 * 31 / 32 * GRADIENT_BYTES / 25e9 * 8))
+    (model,) = [line for line in ax_eff.get_lines() if line.get_label().startswith("model")]
+    (projection,) = drawn.projections
+    assert model.get_ydata()[-1] == pytest.approx(projection.projected[-1].efficiency) and \
+        0 < projection.projected[-1].efficiency < 1
     # Without gradient_bytes (older runs) there is no model line, and the axis stops at the measured ranks.
-    old = plots.speedup(data(tmp_path, configurations(runs("cpu", 32))))
-    assert not [line for ax in old.axes for line in ax.get_lines() if line.get_label().startswith("model:")]
+    old = plots.speedup(data(tmp_path, configurations(runs("cpu", 32))), "weak")
+    assert not [line for ax in old.axes for line in ax.get_lines() if line.get_label().startswith("model")]
     assert list(old.axes[0].get_xticks()) == [1, 2]
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.records import TrainingMetrics, field_names
 from pipeline.report.aggregate import aggregate, one_per_configuration
-from pipeline.report.table import PHASES, add_derived, add_derived_repeats, collect
+from pipeline.report.curves import curves, repeat_points
+from pipeline.report.table import PHASES, add_units, collect
 from tests.report.fixtures import metrics, record, skipped
 
 
@@ -47,11 +48,13 @@ def test_runs_are_grouped_on_their_fields_and_ordered_by_repeat(tmp_path):
     rows = aggregate(runs)
     assert [(r["name"], r["repeat_names"], r["seeds"]) for r in rows] == [
         ("ws1-cpu-bs32", ["first", "second"], [0, 1]), ("ws2-cpu-bs32", ["two-ranks"], [0])]
-    add_derived(rows)
-    add_derived_repeats(runs, rows)
-    assert {r["name"]: r["baseline"] for r in runs} == {"first": "ws1-cpu-bs32", "second": "ws1-cpu-bs32",
-                                                         "two-ranks": "ws1-cpu-bs32"}
-    assert rows[1]["speedup"] == pytest.approx(150 / 105)
+    for row in rows + runs:
+        add_units(row)
+    found = curves(rows, ["weak"])
+    points = repeat_points(runs, found)
+    assert {r["name"]: r["baseline"] for r in points} == {"first": "ws1-cpu-bs32", "second": "ws1-cpu-bs32",
+                                                           "two-ranks": "ws1-cpu-bs32"}
+    assert found[0].points[1]["speedup"] == pytest.approx(150 / 105)
 
 
 def test_one_skipped_note_per_configuration():

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from pipeline.report.curves import curves
 from pipeline.report.report import honesty_notes, write_report
-from pipeline.report.table import add_derived
+from pipeline.report.table import add_units
 from tests.report.fixtures import metrics, record, skipped
 
 
@@ -21,8 +22,17 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
     assert float(rows["ws2-cpu-bs32"]["speedup"]) == 1.5
     assert float(rows["ws2-cpu-bs32"]["efficiency"]) == 0.75
     assert float(rows["ws4-cpu-bs32"]["efficiency"]) == 0.4
-    assert "| ws2-cpu-bs32 | cnn | features | from scratch (no pretrained_weights) | 1 | 2 | cpu | fp32 | 32 | 64 |" \
-        in report
+    # The compact table: 12 columns, the rest in the detail tables.
+    assert ("| configuration | ranks | device | batch | samples/s | speedup | efficiency | step ms | all-reduce | "
+            "test acc | device-h | flags |") in report
+    assert "| ws2-cpu-bs32 | 2 | cpu | 32/rank, 64 global | 150.0 | 1.500 | 0.750 | 420.0 | 29% | 0.880 | 0.200 " \
+        "rank-h |  |" in report
+    assert "| ws4-cpu-bs32 | 4 | cpu | 32/rank, 128 global | 160.0 | 1.600 | 0.400 | 800.0 | 38% | 0.880 | 0.400 " \
+        "rank-h | <75%, oversubscribed |" in report
+    assert rows["ws4-cpu-bs32"]["flags"] == "<75%, oversubscribed" and rows["ws2-cpu-bs32"]["scaling"] == "weak"
+    assert "weak, cpu, 32/rank: worth asking for up to 2 CPU ranks (ws2-cpu-bs32, efficiency 0.750); under it: " \
+        "ws4-cpu-bs32 (0.400)." in report
+    assert "## Strong scaling" not in report  # train.scaling defaults to weak
     assert float(rows["ws4-cpu-bs32"]["device_hours"]) == 0.4  # 360 s x 4 ranks
     assert "ws4-cpu-bs32 oversubscribes the CPU: 4 ranks x 1 threads on 2 cores" in report
     assert ("ws2-cpu-bs32 reaches 75% efficiency. The all-reduce is 29% of the step at 2 CPU ranks (120.0 of "
@@ -32,7 +42,7 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
     assert "CPU processes, not GPUs" in report
     assert "Each figure is one training run per configuration (train.repeats 1" in report
     assert not [line for line in report.splitlines() if line.startswith("| ws") and "±" in line]
-    for name in ("speedup", "step_split", "curves"):
+    for name in ("speedup_weak", "step_split", "curves"):
         for fmt in ("png", "svg"):
             assert (tmp_path / f"{name}.{fmt}").stat().st_size > 5000, name
         assert "![" in report and f"]({name}.png)" in report
@@ -46,8 +56,10 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
 def test_a_busy_machine_is_named_in_the_notes():
     rows = [{"name": "ws1-cpu-bs32", **metrics(1, 100.0, 0.3, 0.0, load_average_1m=1.1)},
             {"name": "ws2-cpu-bs32", **metrics(2, 190.0, 0.33, 0.01, load_average_1m=3.9)}]
-    add_derived(rows)
-    notes = honesty_notes(rows, [])
+    for row in rows:
+        add_units(row)
+    found = curves(rows, ["weak"])
+    notes = honesty_notes(rows, found, [])
     assert any(n.startswith("ws2-cpu-bs32 shared the machine: the load average was 3.9") for n in notes)
     assert not any(n.startswith("ws1-cpu-bs32 shared") for n in notes)
 
@@ -62,8 +74,8 @@ def test_repeats_are_reported_as_mean_plus_minus_interval_and_listed_one_by_one(
     assert "Each figure is the mean of 3 training runs per configuration" in report
     assert "± is the half-width of the 95% confidence interval" in report
     assert "| ws1-cpu-bs32 |" in report and "-r1 |" not in report
-    assert "| 3 | 110.0 ± 24.8 |" in report  # repeats, then samples/s
-    assert "| 3 | 160.0 ± 24.8 |" in report
+    assert "| 32/rank, 32 global | 110.0 ± 24.8 |" in report  # batch, then samples/s
+    assert "| 32/rank, 64 global | 160.0 ± 24.8 |" in report
     assert report.count("ws8-cpu-bs32 was not run: needs 8 cores.") == 1
     with open(tmp_path / "scaling.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}

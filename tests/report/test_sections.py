@@ -2,13 +2,13 @@
 
 import pytest
 
-from pipeline.config import ReportConfig
 from pipeline.report import plots, sections
 from pipeline.report.document import Figure, Heading, Paragraph, Table
 from tests.report.fixtures import metrics
 from tests.report.test_figures import (
     GRADIENT_BYTES,
     configurations,
+    data,
     runs,
     write_scaling_benchmark,
     write_summary,
@@ -25,7 +25,7 @@ def text(blocks: list) -> str:
 
 def test_gpu_vs_cpu_table_in_the_seed_layout(tmp_path):
     rows = configurations(runs("cpu", 32, repeats=3), runs("cuda", 32, speed=2000.0, gpu_count=2))
-    plots.write_figures(plots.FigureData(rows, ReportConfig(), tmp_path))
+    plots.write_figures(data(tmp_path, rows))
     blocks = sections.gpu_vs_cpu_section(rows, tmp_path)
     assert blocks[0] == Heading("GPU vs CPU")
     (table,) = only(blocks, Table)
@@ -59,36 +59,11 @@ def test_batch_size_vs_accuracy_table(tmp_path):
     assert sections.batch_accuracy_section(configurations(runs("cpu", 32)), tmp_path) == []
 
 
-def test_projection_section_sets_model_beside_measurement():
-    rows = configurations([{"name": "ws1-cuda-bs32", **metrics(1, 100.0, 0.1, 0.0, device="cuda",
-                                                               gradient_bytes=100_000_000)},
-                           {"name": "ws2-cuda-bs32", **metrics(2, 150.0, 0.2, 0.05, device="cuda",
-                                                               gradient_bytes=100_000_000)}])
-    blocks = sections.projection_section(rows, ReportConfig(interconnect_gbit_s=100.0))
-    assert "(a model, not a measurement)" in blocks[0].text
-    assert "2(N-1)/N x gradient bytes / (100 Gbit/s = 12.5 GB/s per GPU" in text(blocks)
-    assert "t_compute 100.0 ms (step of ws1-cuda-bs32), gradient 100.0 MB per step" in text(blocks)
-    (table,) = only(blocks, Table)
-    # 2 ranks: t_comm = 8 ms, model 0.1 / 0.108 = 92.6% against 75% measured; 8 ranks: 0.1 / 0.114 = 87.7%.
-    assert table.rows[1] == ["2", "measured", "92.6%", "75.0%", f"{200 * 0.1 / 0.108:.1f}", "150.0", "8.00"]
-    assert table.rows[2] == ["8", "projected", "87.7%", "", f"{800 * 0.1 / 0.114:.1f}", "", "14.00"]
-    assert [r[0] for r in table.rows] == ["1", "2", "8", "16", "32"]
-    assert "at 2 ranks the model gives 92.6% against 75.0% measured (+18 points)" in text(blocks)
-    assert "CPU ranks" not in text(blocks)
-
-
-def test_projection_section_says_why_it_is_missing():
-    blocks = sections.projection_section(configurations(runs("cpu", 32)), ReportConfig())
-    assert len(blocks) == 2 and not only(blocks, Table)
-    assert text(blocks).startswith("No projection for cpu, batch 32/rank: its metrics.json files do not record "
-                                   "gradient_bytes")
-
-
 def test_preprocess_section_with_and_without_the_scaling_curve(tmp_path, monkeypatch):
     assert sections.preprocess_section(tmp_path) == []
     write_summary(tmp_path, workers=2, chunks_per_second=183.15)
     rows = configurations(runs("cpu", 32, gradient_bytes=GRADIENT_BYTES))
-    plots.write_figures(plots.FigureData(rows, ReportConfig(), tmp_path))
+    plots.write_figures(data(tmp_path, rows))
     blocks = sections.preprocess_section(tmp_path)
     assert "in 42 tasks; 53 files rejected" in text(blocks)
     assert "run 1 of 2: 42 tasks, 3135 chunks in 17.1 s (183.1 chunks/s, 2 Dask workers)." in text(blocks)

@@ -54,6 +54,11 @@ def test_experiment_end_to_end_on_two_nodes_at_1_2_and_4_gpus(slurm_cluster, tmp
     for name in ("ws1-cpu-bs8", "ws2-cpu-bs8", "ws4-cpu-bs8"):
         assert f"| {name} |" in report
     assert "Configurations without results" not in report
+    # The 4-rank job measured the all-reduce over its own tasks on both nodes, and the projection used it.
+    link = json.loads((run / "allreduce.json").read_text())
+    assert [(f["world_size"], r["nodes"]) for f in link["fits"] for r in link["results"][:1]] == [(4, 2)], link
+    assert "Link: measured (gloo on cpu, `allreduce.json`" in report
+    assert not list(run.glob("allreduce.json.*"))
 
     status = pipeline("status", str(run))
     assert status.returncode == 0 and status.stdout.count("COMPLETED") == 5, status.stdout

@@ -109,7 +109,8 @@ def test_the_sweep_crosses_world_sizes_and_batch_sizes_and_names_parse_back(tmp_
     assert names == ["ws1-cpu-bs4", "ws1-cpu-bs16", "ws2-cpu-bs4", "ws2-cpu-bs16"]
     assert [TrainingRun.parse(name, config).name for name in names] == names
     for name, message in [("ws4-cpu-bs4", "world size 4 is not in train.world_sizes"),
-                          ("ws1-cpu-bs8", "batch size 8 is not in the sweep"), ("fast", "expected a name like")]:
+                          ("ws1-cpu-bs8", "batch size 8 per rank is not in the sweep at 1 rank,"),
+                          ("fast", "expected a name like")]:
         with pytest.raises(ValueError, match=message):
             TrainingRun.parse(name, config)
 

@@ -1,0 +1,47 @@
+"""The flags column: what a reader must know about a row before quoting it, in a word or two each.
+
+The report's legend (`LEGEND`) says what each flag means; "Read this before quoting the numbers" explains the ones
+that fire, with their figures.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import ReportConfig
+from pipeline.report.sections import shares_gpu
+
+BUSY_MARGIN = 0.75
+"""Load average above a configuration's own threads that counts as a busy machine."""
+
+INPUT_BOUND_BELOW = 0.9
+"""Real-data samples/s under this fraction of the synthetic-data samples/s counts as input-bound."""
+
+
+def busy(row: dict) -> bool:
+    """A CPU configuration whose machine had more load than its own threads (other jobs took cores from it)."""
+    load = row.get("load_average_1m")
+    return row["device"] == "cpu" and load is not None and load > row["world_size"] * row["threads_per_rank"] + \
+        BUSY_MARGIN
+
+
+def input_bound(row: dict) -> bool:
+    ratio = row.get("real_over_synthetic")
+    return ratio is not None and ratio < INPUT_BOUND_BELOW
+
+
+def flags_of(point: dict, report: ReportConfig) -> list[str]:
+    """The flags of one curve point (a configuration row with its curve's efficiency)."""
+    found = []
+    if point.get("efficiency") is not None and point["efficiency"] < report.min_efficiency:
+        found.append(f"<{report.min_efficiency:.0%}")
+    checks = [("oversubscribed", point.get("oversubscribed")), ("GPU shared", shares_gpu(point)),
+              ("busy machine", busy(point)), ("input-bound", input_bound(point)),
+              ("restarted", point.get("restarts")), ("stopped early", point.get("stopped_early"))]
+    return found + [flag for flag, fired in checks if fired]
+
+
+def legend(report: ReportConfig) -> str:
+    return (f"Flags: <{report.min_efficiency:.0%}: efficiency under `report.min_efficiency`; oversubscribed: ranks "
+            "x threads exceed the cores; GPU shared: more ranks per node than visible GPUs; busy machine: the load "
+            "average exceeded the configuration's own threads; input-bound: real-data samples/s under "
+            f"{INPUT_BOUND_BELOW:.0%} of the synthetic-data samples/s (`train.synthetic_steps`); restarted: the "
+            "launcher or SLURM started it again; stopped early: early stopping ended it before train.epochs.")
