@@ -46,11 +46,32 @@ def test_run_tiny_experiment_at_world_size_1_and_2(tmp_path, speech_dir):
     # The train stage measured the all-reduce at 2 ranks, and the projection says it used that link.
     assert json.loads((run / "allreduce.json").read_text())["fits"][0]["world_size"] == 2
     assert "Link: measured (gloo on cpu, `allreduce.json`" in report and "## Allocation estimate" in report
+    assert "projection model (a ring all-reduce over the link `pipeline bench --allreduce` measured" in report
     assert "train.epochs" not in (run / "config.yaml").read_text() and "epochs: 2" in (run / "config.yaml").read_text()
 
     rerun = pipeline("run", str(config), "--set", "train.epochs=2")
     assert rerun.returncode == 0, rerun.stderr
     assert "already has metrics.json, skipped" in rerun.stdout
+
+
+def test_weak_and_strong_scaling_from_one_real_sweep(tmp_path, speech_dir):
+    """train.scaling both trains the union once (ws1-bs8 is the baseline of both curves) and reports each study."""
+    config = tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1, 2], "scaling": "both", "epochs": 2,
+                                                          "synthetic_steps": 3})
+    result = pipeline("run", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "configs").iterdir()) == ["ws1-cpu-bs8", "ws2-cpu-bs4", "ws2-cpu-bs8"]
+    with open(run / "scaling.csv", newline="") as f:
+        rows = [(r["scaling"], r["name"], r["baseline"], r["global_batch_size"]) for r in csv.DictReader(f)]
+    assert rows == [("weak", "ws1-cpu-bs8", "ws1-cpu-bs8", "8"), ("weak", "ws2-cpu-bs8", "ws1-cpu-bs8", "16"),
+                    ("strong", "ws1-cpu-bs8", "ws1-cpu-bs8", "8"), ("strong", "ws2-cpu-bs4", "ws1-cpu-bs8", "8")]
+    report = (run / "report.md").read_text()
+    assert "## Weak scaling" in report and "## Strong scaling" in report and "## Allocation estimate" in report
+    assert "Efficiency threshold `report.min_efficiency` 75%" in report
+    assert (run / "speedup_strong.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((run / "configs" / "ws2-cpu-bs4" / "metrics.json").read_text())
+    assert metrics["global_batch_size"] == 8 and metrics["synthetic_samples_per_second"] > 0
 
 
 def test_bad_config_exits_with_the_key_and_file(tmp_path, speech_dir):

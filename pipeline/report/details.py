@@ -12,7 +12,8 @@ from pipeline.report.table import cell, format_value
 TIMING = [("name", "configuration"), ("step_ms", "step ms"), ("data_ms", "data ms"),
           ("forward_backward_ms", "fwd+bwd ms"), ("optimizer_ms", "optimizer ms"), ("allreduce_ms", "all-reduce ms"),
           ("epoch_time_s", "epoch s"), ("train_wall_s", "wall s"), ("samples_per_second", "samples/s"),
-          ("synthetic_samples_per_second", "synthetic samples/s"), ("real_over_synthetic", "real/synthetic")]
+          ("step_samples_per_second", "step samples/s"), ("synthetic_samples_per_second", "synthetic samples/s"),
+          ("real_over_synthetic", "real/synthetic")]
 MEMORY = [("name", "configuration"), ("peak_memory_mb", "peak MB"), ("threads_per_rank", "threads/rank"),
           ("cpu_cores_available", "cores"), ("nodes", "nodes"), ("precision", "precision"),
           ("oversubscribed", "oversubscribed")]
@@ -26,7 +27,9 @@ PROVENANCE = [("name", "configuration"), ("repeats", "repeats"), ("seeds", "seed
 TOPICS = [
     ("Details: where a step goes", TIMING,
      "Means over the steady epochs (after the first) on rank 0; all-reduce ms runs launch to completion and overlaps "
-     "backward. Synthetic samples/s: the same model on data made on the device, when train.synthetic_steps is on."),
+     "backward. samples/s divides by the epoch's time, validation included; step samples/s is global batch / step "
+     "ms, the steps alone, beside the same steps on data made on the device (synthetic samples/s, when "
+     "train.synthetic_steps is on) and their ratio."),
     ("Details: memory and placement", MEMORY, "Peak resident memory per rank on CPU, peak reserved by the CUDA "
      "allocator on GPU; the largest over the ranks."),
     ("Details: accuracy", ACCURACY, "On chunks of held-out source files; lr is after train.lr_scaling."),

@@ -13,7 +13,11 @@ BUSY_MARGIN = 0.75
 """Load average above a configuration's own threads that counts as a busy machine."""
 
 INPUT_BOUND_BELOW = 0.9
-"""Real-data samples/s under this fraction of the synthetic-data samples/s counts as input-bound."""
+"""Real-data training steps slower than this fraction of synthetic-data ones..."""
+
+DATA_WAIT_SHARE = 0.05
+"""...with at least this share of the step spent waiting for the batch counts as input-bound. A gap without the wait
+is not the loader's (fresh batches' memory traffic, caches), and the notes say so instead."""
 
 
 def busy(row: dict) -> bool:
@@ -23,9 +27,14 @@ def busy(row: dict) -> bool:
         BUSY_MARGIN
 
 
-def input_bound(row: dict) -> bool:
+def slower_than_synthetic(row: dict) -> bool:
     ratio = row.get("real_over_synthetic")
     return ratio is not None and ratio < INPUT_BOUND_BELOW
+
+
+def input_bound(row: dict) -> bool:
+    """The input pipeline limits the steps: slower than on synthetic data, and visibly waiting for batches."""
+    return slower_than_synthetic(row) and (row.get("data_share") or 0.0) >= DATA_WAIT_SHARE
 
 
 def flags_of(point: dict, report: ReportConfig) -> list[str]:
@@ -42,6 +51,7 @@ def flags_of(point: dict, report: ReportConfig) -> list[str]:
 def legend(report: ReportConfig) -> str:
     return (f"Flags: <{report.min_efficiency:.0%}: efficiency under `report.min_efficiency`; oversubscribed: ranks "
             "x threads exceed the cores; GPU shared: more ranks per node than visible GPUs; busy machine: the load "
-            "average exceeded the configuration's own threads; input-bound: real-data samples/s under "
-            f"{INPUT_BOUND_BELOW:.0%} of the synthetic-data samples/s (`train.synthetic_steps`); restarted: the "
+            "average exceeded the configuration's own threads; input-bound: real-data steps under "
+            f"{INPUT_BOUND_BELOW:.0%} of the synthetic-data steps' samples/s (`train.synthetic_steps`) with at least "
+            f"{DATA_WAIT_SHARE:.0%} of the step waiting for the batch; restarted: the "
             "launcher or SLURM started it again; stopped early: early stopping ended it before train.epochs.")

@@ -190,8 +190,9 @@ def plan_section(curves: list[Curve], projections: Sequence[CurveProjection], co
     blocks: list[Block] = [Heading("Allocation estimate"), Paragraph(_intro(estimates))]
     for curve in curves:
         mine = [e for e in estimates if e.curve == curve.label]
+        link = next((getattr(p, "link", None) for p in projections if p.curve == curve.label), None)
         blocks += [Heading(f"Allocation estimate: {curve.label}", 3), _table(mine),
-                   Paragraph(request_text(curve, mine, config))]
+                   Paragraph(request_text(curve, mine, config, link_phrase(link, config)))]
     return blocks
 
 
@@ -213,14 +214,24 @@ def _table(estimates: list[Estimate]) -> Table:
                   "efficiency"], rows)
 
 
-def request_text(curve: Curve, estimates: list[Estimate], config: ReportConfig) -> str:
+def link_phrase(link: object | None, config: ReportConfig) -> str:
+    """Which link the projection model used (`interconnect.Link`): the measured one, or the assumed bandwidth."""
+    if link is not None and getattr(link, "source", "") == "measured":
+        return (f"a ring all-reduce over the link `pipeline bench --allreduce` measured on the run's own hardware "
+                f"({link.backend} on {link.device}, {link.file})")
+    return f"a ring all-reduce over a {config.interconnect_gbit_s:g} Gbit/s link per rank, report.interconnect_gbit_s"
+
+
+def request_text(curve: Curve, estimates: list[Estimate], config: ReportConfig, link: str | None = None) -> str:
     """The paragraph a user pastes into an allocation request: the recommended scale's hours, how they were
-    computed, what the projection adds, what is not counted and what is assumed."""
+    computed, what the projection adds (over `link`, `link_phrase`'s words), what is not counted and what is
+    assumed."""
     measured = [e for e in estimates if e.source == "measured"]
     best = recommended(measured, config.min_efficiency)
     shown = best or measured[0]
     sentences = [_lead(curve, shown, best is not None, config.min_efficiency), _method(shown)]
-    sentences += _projection_sentence([e for e in estimates if e.source == "model"], config)
+    sentences += _projection_sentence([e for e in estimates if e.source == "model"], config,
+                                      link or link_phrase(None, config))
     return " ".join([*sentences, NOT_COUNTED, _assumption(curve)])
 
 
@@ -254,13 +265,12 @@ def _method(e: Estimate) -> str:
             f"wall time x nodes ({e.nodes_from}).")
 
 
-def _projection_sentence(modelled: list[Estimate], config: ReportConfig) -> list[str]:
+def _projection_sentence(modelled: list[Estimate], config: ReportConfig, link: str) -> list[str]:
     """At scales beyond the measured ones: the largest the model keeps at or above `min_efficiency`, flagged as a
     model so no one quotes it as a measurement."""
     if not modelled:
         return []
-    head = (f"At scales not measured the figures come from the projection model (a ring all-reduce over a "
-            f"{config.interconnect_gbit_s:g} Gbit/s link per rank, report.interconnect_gbit_s), not a measurement, "
+    head = (f"At scales not measured the figures come from the projection model ({link}), not a measurement, "
             "and carry no interval: ")
     good = recommended(modelled, config.min_efficiency, source="model")
     if good is None:

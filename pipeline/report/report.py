@@ -12,7 +12,7 @@ from pipeline.report import details, plots, sections, studies
 from pipeline.report.aggregate import aggregate, one_per_configuration
 from pipeline.report.curves import STUDIES, Curve, curves, repeat_points, scaling_of
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, to_html, to_markdown
-from pipeline.report.flags import busy, flags_of, input_bound
+from pipeline.report.flags import busy, flags_of, input_bound, slower_than_synthetic
 from pipeline.report.interconnect import load_link
 from pipeline.report.plan import plan_section
 from pipeline.report.projection import Projection, project, report_config
@@ -204,20 +204,43 @@ def honesty_notes(rows: list[dict], found: list[Curve], skipped: list[dict]) -> 
             notes.append(f"{row['name']} oversubscribes the CPU: {row['world_size']} ranks x "
                          f"{row['threads_per_rank']} threads on {row['cpu_cores_available']} cores; its speedup "
                          "is bounded by the cores, not by the method.")
-    notes += sections.explain_efficiency([p for curve in found for p in curve.points])
+    points = [p for curve in found for p in curve.points]
+    notes += sections.explain_efficiency(points) + [_above_ideal(p) for p in points if p["efficiency"] > 1.02]
     for row in rows:
         if busy(row):
             notes.append(f"{row['name']} shared the machine: the load average was {row['load_average_1m']:.1f} at "
                          f"the end of its training, against {row['world_size'] * row['threads_per_rank']} "
                          "thread(s) of its own, so its throughput is lower than on a quiet machine.")
-        if input_bound(row):
-            notes.append(f"{row['name']} is input-bound: {row['samples_per_second']:.1f} samples/s with real data "
-                         f"against {row['synthetic_samples_per_second']:.1f} with data made on the device "
-                         f"({row['real_over_synthetic']:.0%}); the loader, not the model or the all-reduce, limits "
-                         "it (more train.loader_workers, or faster storage).")
+        notes += _input_note(row)
     for skip in skipped:
         notes.append(f"{skip['name']} was not run: {skip['reason']}.")
     return notes
+
+
+def _above_ideal(point: dict) -> str:
+    """An efficiency above 1: noise when its interval reaches 1, else a baseline slower per sample than the ranks."""
+    ci = point.get("efficiency_ci95")
+    text = f"{point['name']} ({point['curve']}) shows {point['efficiency']:.0%}" + (f" ± {ci:.0%}" if ci else "")
+    if ci is not None and point["efficiency"] - ci <= 1:
+        return text + " efficiency: above 100% but within its 95% interval of it, so noise, not superlinear scaling."
+    noise = "beyond its noise" if ci is not None else "from single runs (train.repeats would tell noise from it)"
+    return (text + f" efficiency, above 100% {noise}: each rank's steps ran faster per sample than those of "
+            f"{point['baseline']} (more cache per rank, or a machine that was slower while the baseline ran); "
+            "compare their step ms and measured-at times in the detail tables.")
+
+
+def _input_note(row: dict) -> list[str]:
+    """Input- or compute-bound, from the synthetic-data phase (`train.synthetic_steps`) and the measured data wait."""
+    if not slower_than_synthetic(row):
+        return []
+    steps = (f"its training steps reach {row['step_samples_per_second']:.1f} samples/s with real data against "
+             f"{row['synthetic_samples_per_second']:.1f} on data made on the device ({row['real_over_synthetic']:.0%})"
+             f", and {row['data_share']:.0%} of a step waits for the batch")
+    if input_bound(row):
+        return [f"{row['name']} is input-bound: {steps}. The loader, not the model or the all-reduce, limits it "
+                "(more train.loader_workers, or faster storage)."]
+    return [f"{row['name']}: {steps}, so the gap is not the loader's wait: fresh batches cost memory traffic and cache "
+            "misses that one synthetic batch reused every step does not."]
 
 
 def _repeats_sentence(rows: list[dict]) -> str:

@@ -282,9 +282,9 @@ def mixed_device_notes(rows: list[dict]) -> list[str]:
 
 def explain_efficiency(points: list[dict]) -> list[str]:
     """For each curve point under 95% efficiency, where the loss goes: the all-reduce's share of the step, which
-    phase of the step grew against the curve's baseline, and what is lost outside the steps. A strong-scaling point
-    is named with its curve: its step is expected to shrink with the ranks, so only what the step times predict is
-    compared."""
+    phase of the step grew against the curve's baseline, and what is lost outside the steps. Each note names its
+    curve (a configuration can be on a weak and a strong one); a strong-scaling step is expected to shrink with the
+    ranks, so there only what the step times predict is compared."""
     notes = []
     for row in points:
         base = next(r for r in points if r["name"] == row["baseline"])
@@ -292,7 +292,7 @@ def explain_efficiency(points: list[dict]) -> list[str]:
             continue
         ci = row.get("efficiency_ci95")
         strong = row.get("scaling") == "strong"
-        text = (f"{row['name']}" + (f" ({row['curve']})" if strong else "") + f" reaches {row['efficiency']:.0%}"
+        text = (f"{row['name']} ({row['curve']}) reaches {row['efficiency']:.0%}"
                 + (f" ± {ci:.0%}" if ci is not None else "")
                 + f" efficiency. The all-reduce is {row['allreduce_ms'] / row['step_ms']:.0%} of the step at "
                 f"{_ranks(row['world_size'], row['device'])} ({row['allreduce_ms']:.1f} of {row['step_ms']:.1f} ms, "

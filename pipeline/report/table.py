@@ -42,9 +42,13 @@ COLUMNS = [
     ("optimizer_ms", "optimizer ms", "mean optimizer step"),
     ("allreduce_ms", "all-reduce ms", "mean gradient all-reduce time per step, launch to completion (overlaps)"),
     ("allreduce_share", "all-reduce share", "all-reduce ms / step ms (it overlaps backward: not all of it is lost)"),
+    ("data_share", "data share", "data ms / step ms: the step's wait for its batch"),
+    ("step_samples_per_second", "step samples/s", "global batch / step ms: the training steps' throughput, without "
+     "the validation that samples/s (per epoch) includes"),
     ("synthetic_samples_per_second", "synthetic samples/s",
-     "samples/s of the same model on data made on the device (train.synthetic_steps; none when off)"),
-    ("real_over_synthetic", "real/synthetic", "samples/s with real data over synthetic: under 0.9, input-bound"),
+     "samples/s of the same steps on data made on the device (train.synthetic_steps; none when off)"),
+    ("real_over_synthetic", "real/synthetic", "step samples/s with real data over synthetic data: what the input "
+     "pipeline leaves of the steps' throughput"),
     ("peak_memory_mb", "peak MB", "peak RSS per rank on CPU, peak reserved by the CUDA allocator on GPU; max of ranks"),
     ("epoch_time_s", "epoch s", "mean epoch wall time, epochs after the first"),
     ("epoch_time_s_ci95", "epoch s ±", "half-width of the 95% confidence interval of epoch s"),
@@ -90,8 +94,13 @@ def add_units(row: dict) -> None:
     _scaled(row, "peak_memory_bytes", "peak_memory_mb", 1 / 2**20)
     _scaled(row, "train_wall_s", "device_hours", row["world_size"] / 3600)
     row["allreduce_share"] = row["allreduce_ms"] / row["step_ms"] if row["step_ms"] else None
-    synthetic = row.get("synthetic_samples_per_second")
-    row["real_over_synthetic"] = row["samples_per_second"] / synthetic if synthetic else None
+    row["data_share"] = row["data_ms"] / row["step_ms"] if row["step_ms"] else None
+    # Steps against steps: samples/s divides by the epoch's wall time, validation included; the synthetic phase
+    # times optimizer steps only.
+    batch = row.get("global_batch_size")
+    row["step_samples_per_second"] = batch / row["mean_step_s"] if batch and row["mean_step_s"] else None
+    synthetic = row.get("synthetic_step_s")
+    row["real_over_synthetic"] = synthetic / row["mean_step_s"] if synthetic and row["mean_step_s"] else None
 
 
 def derive(point: dict, base: dict) -> None:

@@ -35,9 +35,9 @@ def test_speedup_efficiency_and_honesty_notes(tmp_path):
     assert "## Strong scaling" not in report  # train.scaling defaults to weak
     assert float(rows["ws4-cpu-bs32"]["device_hours"]) == 0.4  # 360 s x 4 ranks
     assert "ws4-cpu-bs32 oversubscribes the CPU: 4 ranks x 1 threads on 2 cores" in report
-    assert ("ws2-cpu-bs32 reaches 75% efficiency. The all-reduce is 29% of the step at 2 CPU ranks (120.0 of "
-            "420.0 ms, launch to completion; it overlaps backward, so not all of it is lost). The step grew from "
-            "320.0 ms at 1 CPU rank to 420.0 ms, mostly in forward+backward (+100.0 ms).") in report
+    assert ("ws2-cpu-bs32 (weak, cpu, 32/rank) reaches 75% efficiency. The all-reduce is 29% of the step at 2 CPU "
+            "ranks (120.0 of 420.0 ms, launch to completion; it overlaps backward, so not all of it is lost). The "
+            "step grew from 320.0 ms at 1 CPU rank to 420.0 ms, mostly in forward+backward (+100.0 ms).") in report
     assert "ws8-cpu-bs32 was not run: needs 8 cores, the machine gives 2." in report
     assert "CPU processes, not GPUs" in report
     assert "Each figure is one training run per configuration (train.repeats 1" in report

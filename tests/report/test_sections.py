@@ -3,6 +3,7 @@
 import pytest
 
 from pipeline.report import plots, sections
+from pipeline.report.curves import curves
 from pipeline.report.document import Figure, Heading, Paragraph, Table
 from tests.report.fixtures import metrics
 from tests.report.test_figures import (
@@ -13,6 +14,11 @@ from tests.report.test_figures import (
     write_scaling_benchmark,
     write_summary,
 )
+
+
+def points(rows: list[dict]) -> list[dict]:
+    """The rows as the points of their weak-scaling curves, as the report explains them."""
+    return [p for curve in curves(rows, ["weak"]) for p in curve.points]
 
 
 def only(blocks: list, kind: type) -> list:
@@ -113,27 +119,30 @@ def test_explain_efficiency_names_the_allreduce_share_and_what_grew():
                            {"name": "ws2-cpu-bs32", **metrics(2, 150.0, 0.42, 0.12)},
                            # the step as fast as one rank's, yet 60% efficiency: the loss is outside the steps
                            {"name": "ws4-cpu-bs32", **metrics(4, 240.0, 0.32, 0.01)}])
-    two, four = sections.explain_efficiency(rows)
-    assert two == ("ws2-cpu-bs32 reaches 75% efficiency. The all-reduce is 29% of the step at 2 CPU ranks (120.0 of "
-                   "420.0 ms, launch to completion; it overlaps backward, so not all of it is lost). The step grew "
-                   "from 320.0 ms at 1 CPU rank to 420.0 ms, mostly in forward+backward (+100.0 ms).")
-    assert four.startswith("ws4-cpu-bs32 reaches 60% efficiency. The all-reduce is 3% of the step at 4 CPU ranks")
+    two, four = sections.explain_efficiency(points(rows))
+    assert two == ("ws2-cpu-bs32 (weak, cpu, 32/rank) reaches 75% efficiency. The all-reduce is 29% of the step at "
+                   "2 CPU ranks (120.0 of 420.0 ms, launch to completion; it overlaps backward, so not all of it is "
+                   "lost). The step grew from 320.0 ms at 1 CPU rank to 420.0 ms, mostly in forward+backward "
+                   "(+100.0 ms).")
+    assert four.startswith("ws4-cpu-bs32 (weak, cpu, 32/rank) reaches 60% efficiency. The all-reduce is 3% of the "
+                           "step at 4 CPU ranks")
     assert "grew" not in four
     assert four.endswith("The step times alone would give 100%; the rest is lost outside the timed steps (between "
                          "steps and at the start and end of each epoch).")
     repeated = configurations(runs("cuda", 32, repeats=3))
-    (note,) = sections.explain_efficiency(repeated)
+    (note,) = sections.explain_efficiency(points(repeated))
     ci = repeated[1]["efficiency_ci95"]
-    assert note.startswith(f"ws2-cuda-bs32 reaches {repeated[1]['efficiency']:.0%} ± {ci:.0%} efficiency")
+    assert note.startswith(f"ws2-cuda-bs32 (weak, cuda, 32/rank) reaches {repeated[1]['efficiency']:.0%} ± "
+                           f"{ci:.0%} efficiency")
     assert "at 2 GPUs" in note and "at 1 GPU to" in note
-    assert sections.explain_efficiency(configurations(runs("cpu", 32, sizes=(1,)))) == []
+    assert sections.explain_efficiency(points(configurations(runs("cpu", 32, sizes=(1,))))) == []
 
 
 @pytest.mark.parametrize("rate", [150.0, 190.0])
 def test_no_explanation_at_95_percent_or_more(rate):
     rows = configurations([{"name": "ws1-cpu-bs32", **metrics(1, 100.0, 0.32, 0.01)},
                            {"name": "ws2-cpu-bs32", **metrics(2, rate, 0.33, 0.01)}])
-    assert len(sections.explain_efficiency(rows)) == (rate / 200 < 0.95)
+    assert len(sections.explain_efficiency(points(rows))) == (rate / 200 < 0.95)
 
 
 def test_section_figures_are_plots_figures():
