@@ -39,7 +39,7 @@ def test_experiment_end_to_end_on_two_nodes_at_1_2_and_4_gpus(slurm_cluster, tmp
     ids = submit(config)
     assert list(ids) == ["preprocess", "ws1-cpu-bs8", "ws2-cpu-bs8", "ws4-cpu-bs8", "report"]
     run = tmp_path / "run"
-    rows = wait_for(lambda: finished(run), 300, "every job to finish", every=2)
+    rows = wait_for(lambda: finished(run), 480, "every job to finish", every=2)
     assert [r["state"] for r in rows] == ["COMPLETED"] * 5, rows
 
     summary = json.loads((run / "features" / "summary.json").read_text())
