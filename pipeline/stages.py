@@ -126,10 +126,12 @@ def _measure_link_in_allocation(layout: RunLayout, device: str) -> None:
 
 
 def _largest_fit(path: Path) -> int:
-    """The most ranks allreduce.json has a fit for (0 without the file, or with one that does not parse)."""
+    """`interconnect.largest_fit`, with a malformed file counting as none (this job's measurement replaces it)."""
+    from pipeline.report.interconnect import largest_fit
+
     try:
-        return max((int(f["world_size"]) for f in json.loads(path.read_text()).get("fits", [])), default=0)
-    except (OSError, ValueError, KeyError, TypeError):
+        return largest_fit(path)
+    except ValueError:
         return 0
 
 

@@ -14,7 +14,6 @@ combined.json say which folders also had it. The report itself is the one of a s
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pipeline.layout import RunLayout
 from pipeline.preprocess.params import EXECUTION_ONLY
 from pipeline.report.aggregate import configuration_of, one_per_configuration
 from pipeline.report.curves import scaling_of
+from pipeline.report.interconnect import largest_fit
 from pipeline.report.projection import report_config
 from pipeline.report.report import ReportInput, provenance_notes, render
 from pipeline.report.table import collect
@@ -189,14 +189,7 @@ def allreduce_dir(sources: list[Source]) -> Path | None:
     beyond the measured ranks should assume. None when no folder has one (the report assumes a link)."""
     best, most = None, 0
     for source in sources:
-        path = RunLayout(source.path).allreduce
-        if not path.is_file():
-            continue
-        try:  # the fits are what the projection reads (`interconnect.load_link`), one per world size measured
-            ranks = max((int(f["world_size"]) for f in json.loads(path.read_text())["fits"]), default=0)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not an all-reduce measurement of `pipeline bench --allreduce` "
-                             f"({type(err).__name__}: {err})") from err
+        ranks = largest_fit(RunLayout(source.path).allreduce)
         if ranks > most:
             best, most = source.path, ranks
     return best

@@ -90,12 +90,6 @@ def _point(row: dict, base: dict, curve: Curve) -> dict:
     return point
 
 
-def curve_of(curves_: list[Curve], row: dict, scaling: Scaling) -> Curve | None:
-    """The curve of `scaling` that configuration `row` is on (None when the report shows no such study for it)."""
-    return next((c for c in curves_ if c.scaling == scaling and any(p["name"] == row["name"] for p in c.points)),
-                None)
-
-
 def repeat_points(repeats: list[dict], curves_: list[Curve]) -> list[dict]:
     """Each single repeat as a point of every curve its configuration is on, derived against the curve's baseline
     (the mean of the baseline's repeats, the scale of the aggregated point): the rows of scaling_repeats.csv."""

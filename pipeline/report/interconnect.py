@@ -137,6 +137,14 @@ def _read(path: Path) -> dict:
     return record
 
 
+def largest_fit(path: Path) -> int:
+    """The most ranks allreduce.json has a fit for: 0 without the file, ValueError naming it when malformed. Which
+    link a rerun keeps (`stages`) and a combined report uses (`combine`) both go by it."""
+    if not path.is_file():
+        return 0
+    return max((int(f["world_size"]) for f in _read(path)["fits"]), default=0)
+
+
 def load_links(run_dir: Path | None, report: ReportConfig, devices: list[str]) -> dict[str, Link]:
     """`load_link` for each device of a report's curves."""
     return {device: load_link(run_dir, report, device) for device in sorted(set(devices))}
