@@ -65,34 +65,49 @@ MODELS = ["cnn", "lstm", "resnet50", "densenet121"]
 DEFAULT_TRAIN_CHUNKS = {"cnn": 1088, "lstm": 640, "resnet50": 192, "densenet121": 192}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_parser(description: str, defaults: dict, train_chunks: dict[str, int]) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that trains models through `pipeline train` (this one and ddp_vs_horovod.py);
+    `defaults` holds its own scratch, models, repeats, timeout and out, `train_chunks` its chunks per model."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     parser.add_argument("--source-run-dir", type=Path, default=DEMO_RUN_DIR, help="run folder whose features are used")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/pipeline-bench"),
-                        help="scratch run folders go under here, one per model (deleted first)")
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--scratch", type=Path, default=defaults["scratch"],
+                        help="scratch run folders go under here (deleted first)")
+    parser.add_argument("--models", nargs="+", default=defaults["models"], choices=MODELS)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=2, help="the first epoch is excluded from throughput")
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
     parser.add_argument("--threads-per-rank", type=int, default=1)
     parser.add_argument("--train-chunks", action="append", default=[], metavar="MODEL=N",
                         help="training chunks for MODEL (0: all); default "
-                             + ", ".join(f"{m}={n}" for m, n in DEFAULT_TRAIN_CHUNKS.items()))
-    parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per model (both world sizes)")
+                             + ", ".join(f"{m}={n}" for m, n in train_chunks.items()))
+    parser.add_argument("--repeats", type=int, default=defaults["repeats"], help="runs of every configuration")
+    parser.add_argument("--timeout", type=int, default=defaults["timeout"], help="seconds per pipeline call")
     parser.add_argument("--keep-scratch", action="store_true", help="keep the scratch run folders (model.pt files)")
     parser.add_argument("--estimate", action="store_true",
                         help="only time 3 steps of each model in this process and print the plan's expected time")
-    parser.add_argument("--out", type=Path, default=RESULTS / "train_models_cpu.json")
-    args = parser.parse_args(argv)
-    chunks = dict(DEFAULT_TRAIN_CHUNKS)
+    parser.add_argument("--out", type=Path, default=defaults["out"])
+    return parser
+
+
+def chunks_per_model(parser: argparse.ArgumentParser, args: argparse.Namespace, train_chunks: dict[str, int],
+                     fallback: int = 0) -> dict[str, int]:
+    """Training chunks of each model of `args.models`: `train_chunks` (else `fallback`), as --train-chunks says."""
+    chunks = {m: train_chunks.get(m, fallback) for m in args.models}
     for item in args.train_chunks:
         model, sep, value = item.partition("=")
-        if not sep or model not in MODELS or not value.isdigit():
-            parser.error(f"--train-chunks {item!r}: expected MODEL=N with MODEL one of {', '.join(MODELS)}")
+        if not sep or model not in args.models or not value.isdigit():
+            parser.error(f"--train-chunks {item!r}: expected MODEL=N with MODEL one of {', '.join(args.models)}")
         chunks[model] = int(value)
-    args.chunks = chunks
+    return chunks
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = {"scratch": Path("/tmp/pipeline-bench"), "models": MODELS, "repeats": 2, "timeout": 900,
+                "out": RESULTS / "train_models_cpu.json"}
+    parser = training_parser(__doc__, defaults, DEFAULT_TRAIN_CHUNKS)
+    args = parser.parse_args(argv)
+    args.chunks = chunks_per_model(parser, args, DEFAULT_TRAIN_CHUNKS)
     return args
 
 
@@ -114,7 +129,7 @@ def make_scratch(source: Path, target: Path, train_chunks: int, min_eval: int) -
     shutil.rmtree(target, ignore_errors=True)
     features = target / "features"
     features.mkdir(parents=True)
-    for name in ("labels.json", "stats.json"):
+    for name in ("labels.json", "stats.json", "fingerprint.json"):  # the train stage checks the fingerprint
         shutil.copy2(source / "features" / name, features / name)
     for shard in sorted((source / "features").glob("shard-*")):
         (features / shard.name).symlink_to(shard.resolve(), target_is_directory=True)

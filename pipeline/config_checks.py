@@ -89,6 +89,7 @@ def _train_ranges(train: TrainConfig) -> dict[str, bool]:
         "train.lr": train.lr > 0,
         "train.world_sizes": bool(train.world_sizes) and all(n >= 1 for n in train.world_sizes),
         "train.batch_sizes": all(n >= 1 for n in train.batch_sizes),
+        "train.backends": len(set(train.backends)) == len(train.backends),
         "train.repeats": train.repeats >= 1,
         "train.threads_per_rank": train.threads_per_rank >= 1,
         "train.trainable_blocks": train.trainable_blocks >= 0,

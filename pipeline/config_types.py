@@ -210,7 +210,12 @@ class TrainConfig:
         "val_accuracy"
     """Validation metric watched by early stopping."""
     backend: Literal["ddp", "horovod"] = "ddp"
-    """`ddp` (torch DistributedDataParallel, the tested path) or `horovod` where it is importable."""
+    """`ddp` (torch DistributedDataParallel) or `horovod` (Horovod's DistributedOptimizer, where it was built:
+    `./setup.sh --with-horovod`). The same model, data, sampler, LR scaling, accumulation, precision, checkpoints
+    and metrics either way; ranks start with torchrun (ddp) or horovodrun (horovod) here, with srun under SLURM."""
+    backends: list[Literal["ddp", "horovod"]] = field(default_factory=list)
+    """Backends to sweep, each crossed with every configuration, so one experiment measures both and the report
+    puts their curves side by side (Horovod runs are named `ws2-cpu-bs32-horovod`); empty: just `backend`."""
     world_sizes: list[int] = field(default_factory=lambda: [1, 2])
     """Each entry is one configuration: the number of DDP ranks."""
     batch_sizes: list[int] = field(default_factory=list)

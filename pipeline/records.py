@@ -198,11 +198,14 @@ class TrainingMetrics(Record):
     synthetic_step_s: float | None = None
     """Mean optimizer step of that phase in seconds (the slowest rank's phase time over its steps); None when it did
     not run."""
+    backend: str = "ddp"
+    """`ddp` or `horovod`: what averaged the gradients (runs of older versions were all DDP)."""
 
     @property
     def configuration(self) -> str:
         """The configuration this run is a repeat of (what the report groups on)."""
-        return TrainingRun(self.world_size, self.device, self.batch_size_per_rank).configuration
+        return TrainingRun(self.world_size, self.device, self.batch_size_per_rank,
+                           backend=self.backend).configuration
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The training sweep: which runs an experiment has (world sizes x batch sizes x repeats) and what each is called.
+"""The training sweep: which runs an experiment has (backends x world sizes x batch sizes x repeats) and what each
+is called.
 
 Shared by the launcher, the SLURM scripts and the report, and free of torch, so planning a sweep or reading its
 results never imports the training stack. Where a run executes (`cpu` or `cuda`) is decided by the caller: the
@@ -13,20 +14,24 @@ from dataclasses import dataclass
 
 from pipeline.config_types import ExperimentConfig, TrainConfig
 
-NAME = re.compile(r"ws(\d+)-(cpu|cuda)-bs(\d+)(?:-r(\d+))?")
-"""A run's name: `ws2-cpu-bs32` (the only run of its configuration) or `ws2-cpu-bs32-r2` (repeat 2)."""
+BACKENDS = ("ddp", "horovod")
+"""train.backend(s): torch DistributedDataParallel, or Horovod where it was built (`./setup.sh --with-horovod`)."""
+
+NAME = re.compile(r"ws(\d+)-(cpu|cuda)-bs(\d+)(?:-(horovod))?(?:-r(\d+))?")
+"""A run's name: `ws2-cpu-bs32` (the only run of its configuration) or `ws2-cpu-bs32-r2` (repeat 2); a Horovod
+run has `-horovod` after the batch (`ws2-cpu-bs32-horovod-r2`), so DDP runs keep the names they always had."""
 
 REPEAT_SUFFIX = re.compile(r"-r(\d+)$")
 """How a repeat's name ends: `ws2-cpu-bs32-r2` is repeat 2 of configuration `ws2-cpu-bs32`."""
 
-SWEEP_ONLY = {"world_sizes", "batch_sizes", "batch_size", "scaling", "repeats", "device", "skip_oversubscribed",
-              "max_restarts", "requeue"}
+SWEEP_ONLY = {"backends", "world_sizes", "batch_sizes", "batch_size", "scaling", "repeats", "device",
+              "skip_oversubscribed", "max_restarts", "requeue"}
 """TrainConfig keys that shape the sweep or its scheduling, not one run (whose own values replace them)."""
 
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """One run of the sweep: a configuration (ranks, device, batch per rank) and which repeat of it."""
+    """One run of the sweep: a configuration (ranks, device, batch per rank, backend) and which repeat of it."""
 
     world_size: int
     device: str
@@ -35,11 +40,14 @@ class TrainingRun:
     repeat: int = 0
     """k >= 1: repeat k of train.repeats, in its own folder; 0: the only run of its configuration (train.repeats 1),
     whose name has no suffix, so runs made before repeats existed keep their folders."""
+    backend: str = "ddp"
+    """`ddp` or `horovod` (`BACKENDS`)."""
 
     @property
     def configuration(self) -> str:
         """The name shared by all repeats: what the report aggregates over."""
-        return f"ws{self.world_size}-{self.device}-bs{self.batch_size}"
+        backend = "" if self.backend == "ddp" else f"-{self.backend}"
+        return f"ws{self.world_size}-{self.device}-bs{self.batch_size}{backend}"
 
     @property
     def name(self) -> str:
@@ -52,8 +60,8 @@ class TrainingRun:
         match = NAME.fullmatch(name)
         if not match:
             raise ValueError(f"{name!r}: expected a name like ws2-cuda-bs32 (or ws2-cuda-bs32-r1 with "
-                             "train.repeats above 1)")
-        return cls(int(match[1]), match[2], int(match[3]), int(match[4] or 0))
+                             "train.repeats above 1, ws2-cuda-bs32-horovod for a Horovod run)")
+        return cls(int(match[1]), match[2], int(match[3]), int(match[5] or 0), match[4] or "ddp")
 
     @classmethod
     def parse(cls, name: str, config: ExperimentConfig) -> TrainingRun:
@@ -62,6 +70,9 @@ class TrainingRun:
             run = cls.from_name(name)
         except ValueError as err:
             raise ValueError(f"--configuration {err}") from None
+        if run.backend not in backends(config.train):
+            raise ValueError(f"--configuration {name!r}: backend {run.backend} is not in the sweep's "
+                             f"{backends(config.train)} (train.backends, or train.backend)")
         if run.world_size not in config.train.world_sizes:
             raise ValueError(f"--configuration {name!r}: world size {run.world_size} is not in train.world_sizes "
                              f"{config.train.world_sizes}")
@@ -91,6 +102,11 @@ def repeat_seed(seed: int, repeat: int) -> int:
     """train.seed of repeat k (seed + k - 1; repeat 0, the only run, keeps the seed): model initialisation and
     data order differ between repeats."""
     return seed + max(repeat, 1) - 1
+
+
+def backends(train: TrainConfig) -> list[str]:
+    """The backends the sweep trains with: train.backends, or the one train.backend."""
+    return train.backends or [train.backend]
 
 
 def batch_sizes(config: ExperimentConfig | TrainConfig) -> list[int]:
@@ -125,8 +141,9 @@ def configurations(train: TrainConfig) -> list[tuple[int, int]]:
 
 
 def plan(config: ExperimentConfig, device_for: Callable[[str, int], str]) -> list[TrainingRun]:
-    """Every run of the sweep, the repeats of a configuration next to each other; `device_for(train.device,
-    world_size)` decides where each runs. With train.repeats 1 there is one run per configuration, without suffix."""
+    """Every run of the sweep, each backend's after the previous one's, the repeats of a configuration next to each
+    other; `device_for(train.device, world_size)` decides where each runs. With train.repeats 1 there is one run per
+    configuration, without suffix."""
     repeats = range(1, config.train.repeats + 1) if config.train.repeats > 1 else [0]
-    return [TrainingRun(n, device_for(config.train.device, n), b, k)
-            for n, b in configurations(config.train) for k in repeats]
+    return [TrainingRun(n, device_for(config.train.device, n), b, k, backend)
+            for backend in backends(config.train) for n, b in configurations(config.train) for k in repeats]

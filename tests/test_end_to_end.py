@@ -1,11 +1,14 @@
-"""`pipeline run` as a user runs it: a subprocess, real Dask workers, torchrun with 2 gloo ranks."""
+"""`pipeline run` as a user runs it: a subprocess, real Dask workers, torchrun (and horovodrun) with 2 gloo ranks."""
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import tiny_experiment
 
@@ -113,3 +116,24 @@ def test_stages_out_of_order_say_what_to_run_first(tmp_path, speech_dir):
     assert result.returncode == 2 and "run `pipeline data manifest CONFIG` first" in result.stderr
     result = pipeline("train", str(config))
     assert result.returncode == 2 and "run `pipeline preprocess CONFIG` first" in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
+                    reason="horovod is not built here (./setup.sh --with-horovod builds it)")
+def test_one_run_with_both_backends_reports_both_curves_side_by_side(tmp_path, speech_dir):
+    config = tiny_experiment(tmp_path, speech_dir, train={"world_sizes": [1, 2], "backends": ["ddp", "horovod"],
+                                                          "epochs": 2})
+    result = pipeline("run", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "configs").iterdir()) == [
+        "ws1-cpu-bs8", "ws1-cpu-bs8-horovod", "ws2-cpu-bs8", "ws2-cpu-bs8-horovod"]
+    with open(run / "scaling.csv", newline="") as f:
+        rows = [(r["backend"], r["name"], r["baseline"]) for r in csv.DictReader(f)]
+    assert rows == [("ddp", "ws1-cpu-bs8", "ws1-cpu-bs8"), ("ddp", "ws2-cpu-bs8", "ws1-cpu-bs8"),
+                    ("horovod", "ws1-cpu-bs8-horovod", "ws1-cpu-bs8-horovod"),
+                    ("horovod", "ws2-cpu-bs8-horovod", "ws1-cpu-bs8-horovod")]
+    report = (run / "report.md").read_text()
+    assert "## DDP and Horovod" in report and "weak, cpu, 8/rank, horovod" in report
+    assert "At 2 CPU ranks, 8/rank, Horovod (ws2-cpu-bs8-horovod) runs" in report
+    assert (run / "speedup_weak.png").read_bytes()[:4] == b"\x89PNG"

@@ -46,7 +46,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def configuration_of(row: dict) -> str:
     """The configuration a run is a repeat of, from what it recorded (ranks, device, batch per rank: fields of both
     metrics.json and skipped.json), not from its folder's name, which is only where it was written."""
-    return TrainingRun(row["world_size"], row["device"], row["batch_size_per_rank"]).configuration
+    return TrainingRun(row["world_size"], row["device"], row["batch_size_per_rank"],
+                       backend=row.get("backend", "ddp")).configuration
 
 
 def one_per_configuration(skipped: list[dict]) -> list[dict]:

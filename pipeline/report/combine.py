@@ -27,7 +27,7 @@ from pipeline.report.curves import scaling_of
 from pipeline.report.interconnect import largest_fit
 from pipeline.report.projection import report_config
 from pipeline.report.report import ReportInput, provenance_notes, render
-from pipeline.report.table import collect
+from pipeline.report.table import backend_of, backend_order, collect
 from pipeline.sweep import SWEEP_ONLY
 
 SWEEP_KEYS = SWEEP_ONLY | {"world_sizes", "batch_sizes", "scaling", "synthetic_steps", "device"}
@@ -167,7 +167,8 @@ def pool(sources: list[Source]) -> Pooled:
             else:
                 pooled.taken[configuration] = source
                 pooled.runs += [r for r in source.runs if configuration_of(r) == configuration]
-    pooled.runs.sort(key=lambda m: (m["device"], m["batch_size_per_rank"], m["world_size"]))
+    pooled.runs.sort(key=lambda m: (m["device"], m["batch_size_per_rank"], m["world_size"],
+                                    backend_order(backend_of(m))))
     return pooled
 
 

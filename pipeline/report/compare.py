@@ -14,7 +14,7 @@ from pipeline.io import atomic_write, atomic_write_csv, atomic_write_text
 from pipeline.report.aggregate import aggregate
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from pipeline.report.plots import errorbar
-from pipeline.report.table import add_derived, cell, collect, relative_ci, scaling_groups
+from pipeline.report.table import add_derived, backend_of, backend_order, cell, collect, relative_ci, scaling_groups
 
 FIGURE = "compare"
 """compare.png and compare.svg: speedup and samples/s of both runs."""
@@ -64,13 +64,15 @@ def measured_rows(run_dir: Path) -> list[dict]:
 
 
 def compare_rows(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
-    """One row per configuration name in either run, in the runs' order (device, batch, ranks); None where absent.
+    """One row per configuration name in either run, in the runs' order (device, batch, backend, ranks); None where
+    absent. A configuration's name holds its backend, so DDP and Horovod rows are never paired.
 
     B/A divides two independent means, so its interval combines their relative intervals to first order, as the
     report does for speedup; it has none when either side is a single run."""
     by_name_a = {r["name"]: r for r in rows_a}
     by_name_b = {r["name"]: r for r in rows_b}
-    order = {r["name"]: (r["device"], r["batch_size_per_rank"], r["world_size"]) for r in rows_b + rows_a}
+    order = {r["name"]: (r["device"], r["batch_size_per_rank"], backend_order(backend_of(r)), r["world_size"])
+             for r in rows_b + rows_a}
     table = []
     for name in sorted(order, key=lambda n: (order[n], n)):
         a, b = by_name_a.get(name), by_name_b.get(name)
@@ -152,14 +154,16 @@ def build(run_a: Path, run_b: Path, rows_a: list[dict], rows_b: list[dict], tabl
 
 
 def draw(rows_a: list[dict], rows_b: list[dict], label_a: str, label_b: str, path: Path, fmt: str) -> None:
-    """Speedup (with the ideal line) and samples/s against ranks: one curve per run, device and batch per rank,
-    with 95% confidence bars where a run repeated its configurations."""
+    """Speedup (with the ideal line) and samples/s against ranks: one curve per run, device, batch per rank and
+    backend (named when the runs hold more than one), with 95% confidence bars where a run repeated its
+    configurations."""
     fig = PlotFigure(figsize=(10, 4))
     ax_speed, ax_rate = fig.subplots(1, 2)
+    named = len({backend_of(r) for r in rows_a + rows_b}) > 1
     for rows, label, style in [(rows_a, label_a, "o-"), (rows_b, label_b, "s--")]:
-        for key, group in scaling_groups(rows):
+        for (device, batch, backend), group in scaling_groups(rows):
             sizes = [r["world_size"] for r in group]
-            name = f"{label} ({key[0]}, batch {key[1]}/rank)"
+            name = f"{label} ({device}, batch {batch}/rank{f', {backend}' if named else ''})"
             for ax, column in ((ax_speed, "speedup"), (ax_rate, "samples_per_second")):
                 errorbar(ax, sizes, [r[column] for r in group], [r.get(f"{column}_ci95") for r in group],
                          fmt=style, label=name)

@@ -6,6 +6,10 @@
   grow: one curve per device and global batch, starting at the fewest ranks measured on that device (the smallest
   scale a reviewer's "speedup relative to the smallest feasible count" refers to).
 
+Each backend (`TrainingRun.backend`: DDP, Horovod) has its own curves and its own baselines: a Horovod point divided
+by a DDP baseline would mix the backends' costs into one speedup. A report of one backend names its curves as it
+always did; one of several adds the backend to every label (`weak, cpu, 32/rank, horovod`).
+
 A configuration (ranks, device, batch per rank) can sit on two curves: with world sizes 1, 2, 4 and batch 32 per
 rank, ws2-bs16 is on the weak curve of 16 per rank and on the strong curve of global batch 32. Its speedup differs
 between the two, so each curve holds its own copy of the configuration's row with the derived columns against that
@@ -22,7 +26,7 @@ import yaml
 
 from pipeline.layout import RunLayout
 from pipeline.report.aggregate import configuration_of
-from pipeline.report.table import derive
+from pipeline.report.table import backend_of, backend_order, derive, several_backends
 
 Scaling = Literal["weak", "strong"]
 STUDIES: dict[str, list[Scaling]] = {"weak": ["weak"], "strong": ["strong"], "both": ["weak", "strong"]}
@@ -40,6 +44,10 @@ class Curve:
     points: list[dict] = field(default_factory=list)
     """Copies of the configuration rows, by ranks; each has `speedup`, `efficiency` (with `_ci95`), `baseline`
     (the first point's name), `scaling` and `curve` (this curve's label). points[0] is the baseline."""
+    backend: str = "ddp"
+    """What averaged the gradients of every point (`ddp`, `horovod`)."""
+    show_backend: bool = False
+    """Name the backend in the label: set when the report holds more than one backend."""
 
     @property
     def baseline(self) -> dict:
@@ -47,26 +55,30 @@ class Curve:
 
     @property
     def label(self) -> str:
-        """How the curve is named in tables, figures and notes, e.g. `weak, cpu, 32/rank`."""
+        """How the curve is named in tables, figures and notes, e.g. `weak, cpu, 32/rank` (`weak, cpu, 32/rank,
+        horovod` in a report of several backends)."""
         batch = f"{self.batch}/rank" if self.scaling == "weak" else f"global batch {self.batch}"
-        return f"{self.scaling}, {self.device}, {batch}"
+        return f"{self.scaling}, {self.device}, {batch}" + (f", {self.backend}" if self.show_backend else "")
 
 
 def curves(rows: list[dict], studies: list[Scaling]) -> list[Curve]:
     """The curves of `studies` among configuration rows (aggregated, one per configuration), weak ones first, each
-    by device then batch. Every configuration is on one weak curve; a strong curve needs its fewest-rank point to be
-    at the fewest ranks measured on its device (a strong curve without that baseline would start mid-way)."""
+    by device, batch, then backend (DDP first). Every configuration is on one weak curve; a strong curve needs its
+    fewest-rank point to be at the fewest ranks measured on its device with its backend (a strong curve without that
+    baseline would start mid-way)."""
     found: list[Curve] = []
+    named = several_backends(rows)
     for scaling in studies:
-        groups: dict[tuple[str, int], list[dict]] = {}
+        groups: dict[tuple[str, int, tuple[int, str]], list[dict]] = {}
         for row in rows:
-            groups.setdefault((row["device"], _batch_of(row, scaling)), []).append(row)
-        for (device, batch), members in sorted(groups.items()):
+            key = (row["device"], _batch_of(row, scaling), backend_order(backend_of(row)))
+            groups.setdefault(key, []).append(row)
+        for (device, batch, (_, backend)), members in sorted(groups.items()):
             members = sorted(members, key=lambda r: r["world_size"])
-            fewest = min(r["world_size"] for r in rows if r["device"] == device)
+            fewest = min(r["world_size"] for r in rows if r["device"] == device and backend_of(r) == backend)
             if scaling == "strong" and members[0]["world_size"] != fewest:
                 continue
-            curve = Curve(scaling, device, batch)
+            curve = Curve(scaling, device, batch, backend=backend, show_backend=named)
             curve.points = [_point(row, members[0], curve) for row in members]
             found.append(curve)
     return _without_stray_points(found)

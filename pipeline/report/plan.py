@@ -13,6 +13,8 @@ it keeps the relative half-width of samples/s, and so do GPU- and node-hours (ra
 the projection model gets no interval: its error is the model's, which no repeat measures, and the text says so.
 
 Strong and weak curves are priced alike (throughput is samples/s in both); each table and paragraph names its curve.
+So are DDP and Horovod curves at their measured scales; projected scales exist for DDP curves only (the projection
+model is DDP's bucket overlap, `projection.py`), and the text says so wherever a curve of another backend is priced.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Literal, Protocol
 from pipeline.config import ReportConfig
 from pipeline.report.curves import Curve
 from pipeline.report.document import Block, Heading, Paragraph, Table
+from pipeline.report.table import backend_name
 
 NOT_COUNTED = ("Not counted: job start-up, the first epoch's warm-up (throughput is measured over the epochs after "
                "the first), queue wait, preprocessing, and evaluation beyond the per-epoch validation that the epoch "
@@ -188,6 +191,11 @@ def plan_section(curves: list[Curve], projections: Sequence[CurveProjection], co
     if not estimates:
         return []
     blocks: list[Block] = [Heading("Allocation estimate"), Paragraph(_intro(estimates))]
+    others = [c.label for c in curves if c.backend != "ddp"]
+    if others:
+        blocks.append(Paragraph(f"The projection model follows DDP's gradient buckets, so {', '.join(others)} "
+                                f"{'is' if len(others) == 1 else 'are'} priced at the measured scales only, with no "
+                                "projected rows."))
     for curve in curves:
         mine = [e for e in estimates if e.curve == curve.label]
         link = next((getattr(p, "link", None) for p in projections if p.curve == curve.label), None)
@@ -232,6 +240,10 @@ def request_text(curve: Curve, estimates: list[Estimate], config: ReportConfig, 
     sentences = [_lead(curve, shown, best is not None, config.min_efficiency), _method(shown)]
     sentences += _projection_sentence([e for e in estimates if e.source == "model"], config,
                                       link or link_phrase(None, config))
+    if curve.backend != "ddp":
+        sentences.append(f"The gradients are averaged with {backend_name(curve.backend)}, as measured; larger "
+                         "scales are not estimated, because the projection model describes DDP's all-reduce, not "
+                         "this backend's.")
     return " ".join([*sentences, NOT_COUNTED, _assumption(curve)])
 
 

@@ -22,6 +22,7 @@ from pipeline.io import atomic_write
 from pipeline.report import document, sections
 from pipeline.report.curves import Curve, Scaling
 from pipeline.report.studies import figure_name
+from pipeline.report.table import backend_of, backend_order, several_backends
 
 FORMATS = ("png", "svg")
 FLAG_LABEL = "oversubscribed cores or shared GPU"
@@ -40,6 +41,16 @@ class FigureData:
     """Folder the figures are written into."""
     run_dir: Path | None = None
     """The run folder whose preprocessing is drawn (None: a combined report, which has none)."""
+
+
+def _measured_fmt(curve: Curve, by_scaling: bool = False) -> str:
+    """A measured curve's marker and line: DDP solid circles, another backend (Horovod) dotted triangles, so that
+    the two backends' curves of one study read apart on one plot even in grey; `by_scaling` (the throughput figure,
+    which holds both studies) gives DDP's strong curves squares and dash-dots, and Horovod's downward triangles."""
+    strong = by_scaling and curve.scaling == "strong"
+    if curve.backend == "ddp":
+        return "s-." if strong else "o-"
+    return "v:" if strong else "^:"
 
 
 def _curve_label(curve: Curve) -> str:
@@ -99,8 +110,9 @@ def _finish(*axes: Axes) -> None:
 
 
 def speedup(data: FigureData, study: Scaling) -> Figure | None:
-    """Speedup and efficiency of one study's curves against the ideal line; beside them, dashed, the projection
-    model (projection.py) from the measured world sizes to `report.projection_world_sizes`."""
+    """Speedup and efficiency of one study's curves against the ideal line, every backend's curves on the same
+    axes (each against its own baseline; Horovod dotted, `_measured_fmt`); beside them, dashed, the projection
+    model (projection.py, DDP curves only) from the measured world sizes to `report.projection_world_sizes`."""
     found = [c for c in data.curves if c.scaling == study]
     if not found:
         return None
@@ -111,7 +123,7 @@ def speedup(data: FigureData, study: Scaling) -> Figure | None:
     for i, curve in enumerate(found):
         group = curve.points
         ranks = [r["world_size"] for r in group]
-        style = {"fmt": "o-", "color": f"C{i}", "label": f"measured ({_curve_label(curve)})"}
+        style = {"fmt": _measured_fmt(curve), "color": f"C{i}", "label": f"measured ({_curve_label(curve)})"}
         errorbar(ax_speed, ranks, [r["speedup"] for r in group], [_ci(r, "speedup") for r in group], **style)
         errorbar(ax_eff, ranks, [r["efficiency"] for r in group], [_ci(r, "efficiency") for r in group], **style)
         _mark_flagged(ax_speed, group, [r["speedup"] for r in group])
@@ -153,7 +165,7 @@ def throughput(data: FigureData) -> Figure:
         group = curve.points
         values = [r["samples_per_second"] for r in group]
         errorbar(ax, [r["world_size"] for r in group], values, [_ci(r, "samples_per_second") for r in group],
-                 fmt="o-" if curve.scaling == "weak" else "s-.", color=f"C{i}", label=_curve_label(curve))
+                 fmt=_measured_fmt(curve, by_scaling=True), color=f"C{i}", label=_curve_label(curve))
         _mark_flagged(ax, group, values)
     ax.set(xlabel="ranks (GPUs or CPU processes)", ylabel="samples/s (all ranks)", title="Training throughput")
     _value_axis(ax, [r["samples_per_second"] for r in data.rows])
@@ -191,13 +203,13 @@ def gpu_vs_cpu(data: FigureData) -> Figure | None:
     """Step and epoch time of each configuration on GPU and on CPU, side by side (only when both were measured)."""
     if not {"cpu", "cuda"} <= {r["device"] for r in data.rows}:
         return None
-    keys = sorted({(r["world_size"], r["batch_size_per_rank"]) for r in data.rows})
+    keys = sorted({_setting(r) for r in data.rows}, key=lambda k: (k[0], k[1], backend_order(k[2])))
+    named = several_backends(data.rows)
     fig = Figure(figsize=(max(8, 2.2 * len(keys) + 4), 4.4))
     panels = fig.subplots(1, 2)
     for ax, key, unit in zip(panels, ("step_ms", "epoch_time_s"), ("ms per step", "s per epoch"), strict=True):
         for offset, device in ((-0.2, "cpu"), (0.2, "cuda")):
-            found = [next((r for r in data.rows if r["device"] == device
-                           and (r["world_size"], r["batch_size_per_rank"]) == k), None) for k in keys]
+            found = [next((r for r in data.rows if r["device"] == device and _setting(r) == k), None) for k in keys]
             values = [r[key] if r else math.nan for r in found]
             cis = [_ci(r, key) if r else None for r in found]
             ax.bar([i + offset for i in range(len(keys))], values, 0.4, label=device,
@@ -205,10 +217,16 @@ def gpu_vs_cpu(data: FigureData) -> Figure | None:
         ax.set(ylabel=f"{unit} (mean)", xticks=range(len(keys)), title="Step time" if key == "step_ms" else
                "Epoch time")
         _value_axis(ax, [r[key] for r in data.rows])
-        ax.set_xticklabels([f"{n} rank{'s' * (n > 1)}\nbatch {b}/rank" for n, b in keys])
+        ax.set_xticklabels([f"{n} rank{'s' * (n > 1)}\nbatch {b}/rank" + (f"\n{backend}" if named else "")
+                            for n, b, backend in keys])
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     return fig
+
+
+def _setting(row: dict) -> tuple[int, int, str]:
+    """What a GPU and a CPU configuration must share to stand side by side: ranks, batch per rank, backend."""
+    return row["world_size"], row["batch_size_per_rank"], backend_of(row)
 
 
 def batch_accuracy(data: FigureData) -> Figure | None:
@@ -218,12 +236,15 @@ def batch_accuracy(data: FigureData) -> Figure | None:
         return None
     fig = Figure(figsize=(6, 4.4))
     ax = fig.subplots()
-    for i, key in enumerate(sorted({(r["device"], r["world_size"]) for r in data.rows})):
-        group = sorted((r for r in data.rows if (r["device"], r["world_size"]) == key),
+    named = several_backends(data.rows)
+    keys = sorted({(r["device"], r["world_size"], backend_of(r)) for r in data.rows},
+                  key=lambda k: (k[0], k[1], backend_order(k[2])))
+    for i, key in enumerate(keys):
+        group = sorted((r for r in data.rows if (r["device"], r["world_size"], backend_of(r)) == key),
                        key=lambda r: r["batch_size_per_rank"])
         errorbar(ax, [r["batch_size_per_rank"] for r in group], [r["final_val_accuracy"] for r in group],
-                  [_ci(r, "final_val_accuracy") for r in group], fmt="o-", color=f"C{i}",
-                  label=f"{key[0]}, {key[1]} rank{'s' * (key[1] > 1)}")
+                  [_ci(r, "final_val_accuracy") for r in group], fmt="o-" if key[2] == "ddp" else "^:",
+                  color=f"C{i}", label=f"{key[0]}, {key[1]} rank{'s' * (key[1] > 1)}" + (f", {key[2]}" * named))
     ax.set(xlabel="batch size per rank", ylabel="validation accuracy after the last epoch",
            title="Batch size vs accuracy")
     _log2_axis(ax, batches)

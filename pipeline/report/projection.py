@@ -26,6 +26,12 @@ The link (`pipeline.report.interconnect.Link`) is measured (RUN_DIR/allreduce.js
 (`report.interconnect_gbit_s`, no latency); each projection records which. Gradients are all-reduced at the size
 training recorded (`gradient_bytes`: fp32 unless compressed). Stragglers, contention and jitter are left out, so the
 model is optimistic on those counts.
+
+Backends: the model is DDP's, so only DDP curves are projected. Horovod's DistributedOptimizer launches each
+gradient's all-reduce from a backward hook, fuses what is ready in a background cycle (its own fusion buffer and
+cycle time, not DDP's 1 + 25 MiB buckets) and waits for them in the optimizer step; the bucket sizes and the overlap
+above do not describe it, and no measured Horovod link feeds it. A Horovod curve gets a reason in `project`'s missing
+list instead, which the projection section prints, and the allocation estimate prices its measured scales only.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pipeline.config import ConfigError, ReportConfig, build, load_config
 from pipeline.layout import RunLayout
 from pipeline.report.curves import Curve, Scaling
 from pipeline.report.interconnect import Link, assumed
+from pipeline.report.table import backend_name
 
 BACKWARD_SHARE = 2 / 3
 """Backward's share of forward+backward: twice the forward's arithmetic (gradients of inputs and of weights)."""
@@ -174,6 +181,12 @@ def project(curves: list[Curve], report: ReportConfig,
     a Link per device (`interconnect.load_links`)."""
     projections, missing = [], []
     for curve in curves:
+        if curve.backend != "ddp":
+            missing.append(f"{curve.label}: the model follows DDP's gradient buckets and their overlap with "
+                           f"backward, which {backend_name(curve.backend)} does not use (it fuses gradients in its "
+                           "own cycle and waits for them in the optimizer step), so its curve is shown as measured "
+                           "only")
+            continue
         gradient_bytes = next((p["gradient_bytes"] for p in curve.points if p.get("gradient_bytes")), None)
         if gradient_bytes is None:
             missing.append(f"{curve.label}: its metrics.json files do not record gradient_bytes (written by "

@@ -10,6 +10,7 @@ from pipeline.io import atomic_write_text
 from pipeline.layout import RunLayout
 from pipeline.report import details, plots, sections, studies
 from pipeline.report.aggregate import aggregate, one_per_configuration
+from pipeline.report.backends import backends_section
 from pipeline.report.curves import STUDIES, Curve, curves, repeat_points, scaling_of
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, to_html, to_markdown
 from pipeline.report.flags import busy, flags_of, input_bound, slower_than_synthetic
@@ -17,7 +18,7 @@ from pipeline.report.interconnect import load_link
 from pipeline.report.plan import plan_section
 from pipeline.report.projection import Projection, project, report_config
 from pipeline.report.projection_section import projection_blocks
-from pipeline.report.table import add_units, collect, write_scaling
+from pipeline.report.table import add_units, backend_name, backend_of, backend_order, collect, write_scaling
 from pipeline.slurm.jobs import unfinished_configurations
 
 METHOD = [
@@ -135,6 +136,7 @@ def build(given: ReportInput, rows: list[dict], found: list[Curve], projections:
         blocks += studies.study_section(study, [c for c in found if c.scaling == study], given.report,
                                         given.out)
     blocks += plots.figure_blocks(given.out)
+    blocks += backends_section(rows, found)
     blocks += details.detail_sections(rows)
     blocks += sections.gpu_vs_cpu_section(rows, given.out) + sections.batch_accuracy_section(rows, given.out)
     blocks += projection_blocks(projections, missing)
@@ -198,7 +200,7 @@ def honesty_notes(rows: list[dict], found: list[Curve], skipped: list[dict]) -> 
             f"The ranks here are CPU processes, not GPUs: {cpu[0]['cpu_cores_available']} cores in all, "
             f"{cpu[0]['threads_per_rank']} thread(s) per rank. The ranks share the memory bandwidth and caches "
             "of one socket and all-reduce through shared memory with gloo, so this curve shows the overhead of the "
-            "DDP machinery on this host, not what GPUs with their own memory would reach.")
+            f"{_machinery(rows)} machinery on this host, not what GPUs with their own memory would reach.")
     for row in rows:
         if row.get("oversubscribed"):
             notes.append(f"{row['name']} oversubscribes the CPU: {row['world_size']} ranks x "
@@ -215,6 +217,11 @@ def honesty_notes(rows: list[dict], found: list[Curve], skipped: list[dict]) -> 
     for skip in skipped:
         notes.append(f"{skip['name']} was not run: {skip['reason']}.")
     return notes
+
+
+def _machinery(rows: list[dict]) -> str:
+    """The backends of the rows in prose: `DDP`, or `DDP and Horovod`."""
+    return " and ".join(backend_name(b) for b in sorted({backend_of(r) for r in rows}, key=backend_order))
 
 
 def _above_ideal(point: dict) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.layout import RunLayout
 from pipeline.records import PreprocessRun, PreprocessSummary
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
-from pipeline.report.table import cell
+from pipeline.report.table import backend_of, backend_order, cell, several_backends
 
 GPU_VS_CPU_FIGURE = "gpu_vs_cpu"
 BATCH_ACCURACY_FIGURE = "batch_accuracy"
@@ -29,6 +29,8 @@ EXPLAIN_BELOW = 0.95
 
 SPLIT = [("forward_backward_ms", "forward+backward"), ("data_ms", "data wait"), ("optimizer_ms", "optimizer")]
 SCALING_BENCHMARK = "benchmarks/preprocess_scaling.py"
+SPANS = {"ddp": "launch to completion", "horovod": "from the first gradient's launch to synchronize()"}
+"""What each backend's all-reduce ms spans (`backends.SPLIT_MEANING` says more)."""
 
 
 def _ranks(n: int, device: str) -> str:
@@ -54,19 +56,23 @@ def gpu_vs_cpu_section(rows: list[dict], run_dir: Path) -> list[Block]:
     devices were measured."""
     if not {"cpu", "cuda"} <= {r["device"] for r in rows}:
         return []
-    ordered = sorted(rows, key=lambda r: (r["world_size"], r["batch_size_per_rank"], r["device"]))
-    table = Table(["device", "ranks", "batch/rank", "step ms", "epoch s", "samples/s"],
-                  [[r["device"], str(r["world_size"]), str(r["batch_size_per_rank"]), cell(r, "step_ms"),
-                    cell(r, "epoch_time_s"), cell(r, "samples_per_second")] for r in ordered])
+    ordered = sorted(rows, key=lambda r: (r["world_size"], r["batch_size_per_rank"], backend_order(backend_of(r)),
+                                          r["device"]))
+    named = several_backends(rows)
+    table = Table(["device", "ranks", "batch/rank", *["backend"] * named, "step ms", "epoch s", "samples/s"],
+                  [[r["device"], str(r["world_size"]), str(r["batch_size_per_rank"]), *[backend_of(r)] * named,
+                    cell(r, "step_ms"), cell(r, "epoch_time_s"), cell(r, "samples_per_second")] for r in ordered])
     pairs = []
     for row in ordered:
         if row["device"] != "cuda":
             continue
         cpu = next((r for r in rows if r["device"] == "cpu" and r["world_size"] == row["world_size"]
-                    and r["batch_size_per_rank"] == row["batch_size_per_rank"]), None)
+                    and r["batch_size_per_rank"] == row["batch_size_per_rank"]
+                    and backend_of(r) == backend_of(row)), None)
         if cpu:
             n = row["world_size"]
-            pairs.append(f"{n} rank{'s' * (n != 1)}, batch {row['batch_size_per_rank']}/rank: an epoch takes "
+            pairs.append(f"{n} rank{'s' * (n != 1)}, batch {row['batch_size_per_rank']}/rank"
+                         + (f", {backend_of(row)}" if named else "") + ": an epoch takes "
                          f"{row['epoch_time_s']:.2f} s on the GPU against {cpu['epoch_time_s']:.2f} s on the CPU "
                          f"({cpu['epoch_time_s'] / row['epoch_time_s']:.1f}x), a step {row['step_ms']:.1f} against "
                          f"{cpu['step_ms']:.1f} ms.")
@@ -81,13 +87,16 @@ def batch_accuracy_section(rows: list[dict], run_dir: Path) -> list[Block]:
     """Seed 000's Table 2 layout: batch size -> validation accuracy; only with two batch sizes or more."""
     if len({r["batch_size_per_rank"] for r in rows}) < 2:
         return []
-    ordered = sorted(rows, key=lambda r: (r["device"], r["world_size"], r["batch_size_per_rank"]))
+    ordered = sorted(rows, key=lambda r: (r["device"], r["world_size"], backend_order(backend_of(r)),
+                                          r["batch_size_per_rank"]))
     has_test = any(r.get("test_accuracy") is not None for r in rows)
-    headers = ["batch/rank", "global batch", "device", "ranks", "val acc"] + ["test acc"] * has_test
+    named = several_backends(rows)
+    headers = (["batch/rank", "global batch", "device", "ranks", *["backend"] * named, "val acc"]
+               + ["test acc"] * has_test)
     table_rows = []
     for r in ordered:
         cells = [str(r["batch_size_per_rank"]), str(r["global_batch_size"]), r["device"], str(r["world_size"]),
-                 cell(r, "final_val_accuracy")]
+                 *[backend_of(r)] * named, cell(r, "final_val_accuracy")]
         if has_test:
             cells.append(cell(r, "test_accuracy"))
         table_rows.append(cells)
@@ -296,7 +305,7 @@ def explain_efficiency(points: list[dict]) -> list[str]:
                 + (f" ± {ci:.0%}" if ci is not None else "")
                 + f" efficiency. The all-reduce is {row['allreduce_ms'] / row['step_ms']:.0%} of the step at "
                 f"{_ranks(row['world_size'], row['device'])} ({row['allreduce_ms']:.1f} of {row['step_ms']:.1f} ms, "
-                "launch to completion; it overlaps backward, so not all of it is lost).")
+                f"{SPANS.get(backend_of(row), SPANS['ddp'])}; it overlaps backward, so not all of it is lost).")
         growth = {label: row[key] - base[key] for key, label in SPLIT}
         if not strong and row["step_ms"] > base["step_ms"]:
             phase = max(growth, key=growth.get)

@@ -13,7 +13,7 @@ from pipeline.config import ReportConfig
 from pipeline.report.curves import Curve, Scaling
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.report.flags import legend
-from pipeline.report.table import cell, format_value
+from pipeline.report.table import backend_name, cell, format_value
 
 TITLES = {"weak": "Weak scaling: the batch per rank is fixed", "strong": "Strong scaling: the global batch is fixed"}
 EXPLAINED = {
@@ -107,9 +107,11 @@ def study_section(study: Scaling, found: list[Curve], report: ReportConfig, out:
                            Paragraph(f"Efficiency threshold `report.min_efficiency` {report.min_efficiency:.0%}:"),
                            Bullets(threshold_lines(found, report))]
     if (Path(out) / f"{figure_name(study)}.png").is_file():
+        others = sorted({c.backend for c in found} - {"ddp"})
+        backends = "".join(f"; dotted with triangles: {backend_name(b)}, against its own baseline" for b in others)
         blocks.append(Figure(f"{figure_name(study)}.png",
                              f"{TITLES[study]}: speedup and efficiency against the ideal; dashed and hollow: the "
-                             "projection model"))
+                             f"projection model{' (DDP curves only)' if others else ''}{backends}"))
     return blocks
 
 

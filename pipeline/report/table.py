@@ -10,6 +10,7 @@ from pipeline import records
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.layout import RunLayout
 from pipeline.records import Skipped, TrainingMetrics
+from pipeline.sweep import BACKENDS
 
 PHASES = tuple(f"mean_{phase}" for phase in records.PHASES)
 """The TrainingMetrics fields of the step's phases (`records.PHASES`); each becomes a `_ms` column."""
@@ -18,14 +19,17 @@ PHASES = tuple(f"mean_{phase}" for phase in records.PHASES)
 COLUMNS = [
     ("scaling", "scaling", "weak (batch per rank fixed) or strong (global batch fixed): the study the row's speedup "
      "and efficiency belong to; a configuration on a curve of each study has a row in each"),
-    ("curve", "curve", "the scaling curve: study, device and the batch it keeps"),
-    ("name", "configuration", "ws<ranks>-<device>-bs<batch per rank>"),
+    ("curve", "curve", "the scaling curve: study, device and the batch it keeps (and the backend, in a report of "
+     "several)"),
+    ("name", "configuration", "ws<ranks>-<device>-bs<batch per rank>, with -horovod for a Horovod run"),
     ("model", "model", "classifier architecture"),
     ("input", "input", "features (feature shards) or images (PNG/JPEG, in tar shards or files)"),
     ("init", "init", "pretrained from a local file, or from scratch"),
     ("nodes", "nodes", "machines the ranks ran on"),
-    ("world_size", "ranks", "DDP ranks: GPUs, or CPU processes"),
+    ("world_size", "ranks", "ranks: GPUs, or CPU processes"),
     ("device", "device", "cpu or cuda"),
+    ("backend", "backend", "what averaged the gradients: ddp (torch DistributedDataParallel) or horovod; each "
+     "backend has its own curves and baselines"),
     ("precision", "precision", "arithmetic precision of training"),
     ("batch_size_per_rank", "batch/rank", "samples per step on each rank"),
     ("global_batch_size", "global batch", "samples per optimizer step over all ranks and accumulated micro-batches"),
@@ -38,9 +42,10 @@ COLUMNS = [
     ("step_ms", "step ms", "mean wall time of one training step (rank 0)"),
     ("step_ms_ci95", "step ms ±", "half-width of the 95% confidence interval of step ms"),
     ("data_ms", "data ms", "mean wait for the batch"),
-    ("forward_backward_ms", "fwd+bwd ms", "mean forward + backward, incl. the wait for the last all-reduce"),
-    ("optimizer_ms", "optimizer ms", "mean optimizer step"),
-    ("allreduce_ms", "all-reduce ms", "mean gradient all-reduce time per step, launch to completion (overlaps)"),
+    ("forward_backward_ms", "fwd+bwd ms", "mean forward + backward, incl. DDP's wait for the last all-reduce"),
+    ("optimizer_ms", "optimizer ms", "mean optimizer step (with Horovod, incl. its wait for the all-reduce)"),
+    ("allreduce_ms", "all-reduce ms", "mean gradient all-reduce time per step, launch to completion, summed over "
+     "DDP's buckets; Horovod: from the first gradient's launch to synchronize() (both overlap backward)"),
     ("allreduce_share", "all-reduce share", "all-reduce ms / step ms (it overlaps backward: not all of it is lost)"),
     ("data_share", "data share", "data ms / step ms: the step's wait for its batch"),
     ("step_samples_per_second", "step samples/s", "global batch / step ms: the training steps' throughput, without "
@@ -73,16 +78,16 @@ COLUMNS = [
 
 
 def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(measured runs sorted by device, batch per rank and world size, skipped runs), one dict per training folder:
-    `name` (the folder) and the fields of its TrainingMetrics or Skipped record. A metrics.json that the record does
-    not accept is an error naming the file: a report never averages a half-understood file."""
+    """(measured runs sorted by device, batch per rank, world size and backend (DDP first), skipped runs), one dict
+    per training folder: `name` (the folder) and the fields of its TrainingMetrics or Skipped record. A metrics.json
+    that the record does not accept is an error naming the file: a report never averages a half-understood file."""
     measured, skipped = [], []
     for paths in RunLayout(run_dir).trainings():
         if paths.metrics.exists():
             measured.append({"name": paths.name, **TrainingMetrics.read(paths.metrics).to_dict()})
         elif paths.skipped.exists():
             skipped.append({"name": paths.name, **Skipped.read(paths.skipped).to_dict()})
-    measured.sort(key=lambda m: (m["device"], m["batch_size_per_rank"], m["world_size"]))
+    measured.sort(key=lambda m: (m["device"], m["batch_size_per_rank"], m["world_size"], backend_order(backend_of(m))))
     return measured, skipped
 
 
@@ -122,20 +127,46 @@ def derive(point: dict, base: dict) -> None:
 
 
 def add_derived(rows: list[dict]) -> None:
-    """`add_units`, and speedup and efficiency along the weak-scaling curves (same device and batch per rank), in
-    place: what a comparison of two runs shows. The report itself derives per curve (`curves.curves`)."""
+    """`add_units`, and speedup and efficiency along the weak-scaling curves (same device, batch per rank and
+    backend), in place: what a comparison of two runs shows. The report itself derives per curve (`curves.curves`)."""
     for _, group in scaling_groups(rows):
         for row in group:
             add_units(row)
             derive(row, group[0])
 
 
-def scaling_groups(rows: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
-    """Configurations per (device, batch per rank), each group sorted by ranks: the weak-scaling curves, whose
-    first member is the baseline of speedup and efficiency."""
-    keys = sorted({(r["device"], r["batch_size_per_rank"]) for r in rows})
-    return [(key, sorted((r for r in rows if (r["device"], r["batch_size_per_rank"]) == key),
-                         key=lambda r: r["world_size"])) for key in keys]
+def scaling_groups(rows: list[dict]) -> list[tuple[tuple[str, int, str], list[dict]]]:
+    """Configurations per (device, batch per rank, backend), each group sorted by ranks: the weak-scaling curves,
+    whose first member is the baseline of speedup and efficiency. DDP and Horovod are separate groups (DDP first):
+    one backend's point is never divided by the other's baseline."""
+    keys = sorted({_group_key(r) for r in rows}, key=lambda k: (k[0], k[1], backend_order(k[2])))
+    return [(key, sorted((r for r in rows if _group_key(r) == key), key=lambda r: r["world_size"]))
+            for key in keys]
+
+
+def _group_key(row: dict) -> tuple[str, int, str]:
+    return row["device"], row["batch_size_per_rank"], backend_of(row)
+
+
+def backend_of(row: dict) -> str:
+    """The row's backend; rows of runs made before Horovod existed have none and were DDP."""
+    return row.get("backend") or "ddp"
+
+
+def several_backends(rows: list[dict]) -> bool:
+    """Whether the rows hold more than one backend: the report then names the backend in every curve's label and
+    table, and compares the backends in a section of its own."""
+    return len({backend_of(r) for r in rows}) > 1
+
+
+def backend_name(backend: str) -> str:
+    """How prose names a backend: `DDP`, `Horovod` (another one as recorded)."""
+    return {"ddp": "DDP", "horovod": "Horovod"}.get(backend, backend)
+
+
+def backend_order(backend: str) -> tuple[int, str]:
+    """Sort key of a backend: DDP before Horovod (`sweep.BACKENDS`), any other backend after, by name."""
+    return (BACKENDS.index(backend) if backend in BACKENDS else len(BACKENDS), backend)
 
 
 def relative_ci(row: dict, base: dict, key: str) -> float | None:

@@ -131,23 +131,24 @@ def _rank() -> int:
 
 def state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, progress: Progress,
-               cuda_rng: CudaRngStates | None = None) -> dict[str, Any]:
+               cuda_rng: CudaRngStates | None = None, rank: int | None = None) -> dict[str, Any]:
     """Everything a checkpoint holds, the RNG states as they are now. On cuda ranks pass `cuda_rng`
     (`gather_cuda_rng_states`, called on every rank) so each rank resumes its own generator; without it only the
-    calling rank's (rank 0's) is saved."""
-    rng = rng_state(_device_of(model), _rank(), cuda_rng)
+    calling rank's (rank 0's) is saved. `rank`: the caller's (None: torch.distributed's, or 0 outside a group; a
+    Horovod rank passes its own)."""
+    rng = rng_state(_device_of(model), _rank() if rank is None else rank, cuda_rng)
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "progress": progress.__dict__, "rng": rng}
 
 
 def load_state_dict(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> Progress:
-    """Restore every saved state in place (the RNG states last, each rank its own CUDA generator) and return where
-    training stands."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int | None = None) -> Progress:
+    """Restore every saved state in place (the RNG states last, each rank its own CUDA generator; `rank` as in
+    `state_dict`) and return where training stands."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"], _device_of(model), _rank())
+    set_rng_state(state["rng"], _device_of(model), _rank() if rank is None else rank)
     return Progress(**state["progress"])
 
 

@@ -1,7 +1,8 @@
-"""Who this process is in the job: rank, local rank and world size from torchrun or from srun.
+"""Who this process is in the job: rank, local rank and world size from torchrun, horovodrun or srun.
 
-torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT itself. Under `srun` (one task per GPU,
-no torchrun) the same facts come from SLURM's variables, and the master is the first host of the allocation.
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT itself, horovodrun HOROVOD_RANK and its
+siblings. Under `srun` (one task per GPU, no torchrun) the same facts come from SLURM's variables, and the master
+is the first host of the allocation.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class DistributedEnv:
     local_world_size: int
     """Ranks on this node; world_size // local_world_size is the node count."""
     launcher: str
-    """`torchrun` or `srun`, recorded with every measurement."""
+    """`torchrun`, `horovodrun` or `srun`, recorded with every measurement."""
     master_addr: str = "127.0.0.1"
     master_port: int = DEFAULT_MASTER_PORT
 
@@ -36,13 +37,17 @@ class DistributedEnv:
 
 
 def from_environment(env: Mapping[str, str] | None = None) -> DistributedEnv:
-    """Read torchrun's variables when present, else SLURM's (srun), else a single process."""
+    """Read torchrun's variables when present, else horovodrun's, else SLURM's (srun), else a single process."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         world = int(env["WORLD_SIZE"])
         return DistributedEnv(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), world,
                               int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun",
                               env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)))
+    if "HOROVOD_RANK" in env and "HOROVOD_SIZE" in env:
+        world = int(env["HOROVOD_SIZE"])
+        return DistributedEnv(int(env["HOROVOD_RANK"]), int(env.get("HOROVOD_LOCAL_RANK", 0)), world,
+                              int(env.get("HOROVOD_LOCAL_SIZE", world)), "horovodrun")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodes = int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES", 1))
         world = int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"])

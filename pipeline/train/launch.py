@@ -1,5 +1,6 @@
-"""The training stage: one job per run of the sweep (world sizes x batch sizes x repeats, see `pipeline.sweep`),
-launched with torchrun on this machine or with srun (one task per rank) inside a SLURM allocation.
+"""The training stage: one job per run of the sweep (backends x world sizes x batch sizes x repeats, see
+`pipeline.sweep`), launched on this machine with torchrun (DDP) or horovodrun (Horovod), or with srun (one task per
+rank) inside a SLURM allocation.
 
 This process owns each configuration's folder while it trains it: it holds the folder's `train.lock`
 (`pipeline.run_lock`) from before its first write (fingerprint, `--force`'s deletions) until no rank of it runs any
@@ -26,10 +27,11 @@ from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.records import Interrupted, Skipped
 from pipeline.run_lock import RunLock, lock_path
-from pipeline.sweep import TrainingRun, plan
+from pipeline.sweep import TrainingRun, backends, plan
 from pipeline.train import distributed
 from pipeline.train.backend import backend_for
 from pipeline.train.environment import available_cores, visible_gpus
+from pipeline.train.horovod_launch import horovodrun_command, srun_rendezvous
 from pipeline.train.interrupt import TrainingInterrupted
 from pipeline.train.reuse import check_reuse, features_digest, run_fingerprint
 
@@ -82,7 +84,7 @@ def named_run(name: str, config: ExperimentConfig, launcher: str, gpus: int | No
 
 
 def _on_cpu(run: TrainingRun) -> str:
-    return TrainingRun(run.world_size, "cpu", run.batch_size, run.repeat).name
+    return TrainingRun(run.world_size, "cpu", run.batch_size, run.repeat, run.backend).name
 
 
 def _srun_gpu_check(run: TrainingRun, environ: dict[str, str]) -> str | None:
@@ -125,7 +127,8 @@ def train_all(config: ExperimentConfig, config_path: Path, force: bool = False, 
     checked (names, GPUs per rank) before anything else, the features are needed only then. Each configuration is
     trained holding its folder's lock: one another process holds is refused (`RunLockHeld`), naming the holder."""
     layout = RunLayout(config.run_dir)
-    backend_for(config.train.backend)
+    for backend in backends(config.train):
+        backend_for(backend)
     runs = planned_runs(config, only, launcher)
     if not layout.features.index.is_file():
         raise FileNotFoundError(f"{layout.features.index}: no features yet; run `pipeline preprocess CONFIG` first")
@@ -176,9 +179,10 @@ def oversubscribed(run: TrainingRun, config: ExperimentConfig, launcher: str) ->
 def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str, restarts: int = 0,
                    device_reason: str | None = None) -> list[str]:
     """The command that starts the ranks of `run`; `restarts` is how often the run was started before and
-    `device_reason` why it got its device (both recorded in its metrics)."""
+    `device_reason` why it got its device (both recorded in its metrics). `launcher` torchrun means this machine:
+    torchrun for DDP, horovodrun for Horovod."""
     worker = ["-m", "pipeline.train.worker", "--config", str(config_path), "--out", str(out), "--device", run.device,
-              "--batch-size", str(run.batch_size), "--resume"]
+              "--batch-size", str(run.batch_size), "--backend", run.backend, "--resume"]
     if run.repeat:
         worker += ["--repeat", str(run.repeat)]
     if restarts:
@@ -189,7 +193,12 @@ def launch_command(run: TrainingRun, config_path: Path, out: Path, launcher: str
         # One task per rank across the allocation's nodes; if one task fails, SLURM ends the others.
         # Since Slurm 22.05 srun no longer inherits the job's --cpus-per-task: pass it, or ranks get one CPU each.
         cpus = [f"--cpus-per-task={os.environ['SLURM_CPUS_PER_TASK']}"] if os.environ.get("SLURM_CPUS_PER_TASK") else []
+        if run.backend == "horovod":  # the ranks of a node consecutive, as the rendezvous plan has them
+            nodes = _srun_nodes()
+            cpus += [f"--nodes={nodes}", f"--ntasks-per-node={run.world_size // nodes}"]
         return ["srun", f"--ntasks={run.world_size}", *cpus, "--kill-on-bad-exit=1", sys.executable, *worker]
+    if launcher == "torchrun" and run.backend == "horovod":
+        return horovodrun_command(run.world_size, worker)
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={run.world_size}", *worker]
@@ -219,7 +228,8 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
             log.write(f"--- {run.name}, attempt {attempt + 1} of {attempts}"
                       + (f" (SLURM start {requeues + 1})" if requeues else "") + "\n")
             log.flush()
-            returncode = run_ranks(command, env, log)
+            with _rendezvous(run, launcher) as rendezvous:
+                returncode = run_ranks(command, {**env, **rendezvous}, log)
         _raise_if_interrupted(run, paths)
         if returncode == 0 and paths.metrics.exists():
             return
@@ -230,6 +240,21 @@ def launch(run: TrainingRun, config: ExperimentConfig, config_path: Path, out: P
     why = distributed.failure_summary(text)  # the failed ranks and their errors, which torchrun's summary omits
     raise RuntimeError(f"train: {run.name} failed (exit {returncode}); log {paths.log}:\n"
                        + (f"{why}\n--- log tail:\n" if why else "") + text[-3000:])
+
+
+def _srun_nodes() -> int:
+    return int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+
+
+@contextmanager
+def _rendezvous(run: TrainingRun, launcher: str) -> Iterator[dict[str, str]]:
+    """The variables the ranks of one attempt need beyond the launcher's: Horovod's gloo rendezvous under srun
+    (horovodrun, torchrun and srun for DDP bring their own)."""
+    if run.backend != "horovod" or launcher != "srun":
+        yield {}
+        return
+    with srun_rendezvous(run.world_size, _srun_nodes()) as variables:
+        yield variables
 
 
 def run_ranks(command: list[str], env: dict[str, str], log: IO) -> int:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from pipeline.train.backend import DDPBackend
+    from pipeline.train.backend import Backend
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 REQUEUE_SIGNALS = {"USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2}
@@ -51,7 +51,7 @@ class StopFlag:
         if self.signal is None:
             self.signal = signum
 
-    def agreed(self, backend: DDPBackend, device: torch.device) -> int | None:
+    def agreed(self, backend: Backend, device: torch.device) -> int | None:
         """The stop signal if any rank received one (same answer on every rank), else None."""
         flag = torch.tensor([self.signal or 0], dtype=torch.int32, device=device)
         backend.all_reduce(flag, op="max")

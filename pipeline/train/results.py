@@ -12,7 +12,7 @@ from pipeline.fingerprint import code_version
 from pipeline.io import atomic_write
 from pipeline.layout import TrainingPaths
 from pipeline.records import EpochRecord, TrainingMetrics
-from pipeline.train.backend import DDPBackend
+from pipeline.train.backend import Backend
 from pipeline.train.distributed import DistributedEnv
 from pipeline.train.environment import describe_environment
 from pipeline.train.metrics import write_confusion
@@ -95,7 +95,8 @@ def training_metrics(end: RunEnd, config: TrainConfig, labels: list[str], device
     outcome, facts, test, world = end.outcome, end.outcome.facts, end.test, env.world_size
     progress = outcome.progress
     history = [EpochRecord.from_dict(h) for h in progress.history]
-    # What DDP all-reduces per optimizer step: one gradient per trainable parameter (the report's projection model).
+    # What DDP (or Horovod) all-reduces per optimizer step: one gradient per trainable parameter (the report's
+    # projection model).
     trainable = [p for p in outcome.model.parameters() if p.requires_grad]
     measured = speed(history, progress.step_times, world)
     return TrainingMetrics(
@@ -118,14 +119,14 @@ def training_metrics(end: RunEnd, config: TrainConfig, labels: list[str], device
         test_loss=test["loss"], test_confusion=test["confusion"], test_per_class=test["per_class"],
         resumed_from=facts.resumed_from, rank_max_param_difference=end.divergence, restarts=end.restarts,
         train_wall_s=end.wall_s, labels=labels, history=history,
-        device_reason=end.device_reason,
+        device_reason=end.device_reason, backend=config.backend,
         synthetic_samples_per_second=end.synthetic.samples_per_second if end.synthetic else None,
         synthetic_step_s=end.synthetic.step_s if end.synthetic else None,
         **{**describe_environment(device, config.threads_per_rank, world), "launcher": env.launcher},
         code=code_version())
 
 
-def ranks_in_sync(model: torch.nn.Module, backend: DDPBackend) -> float:
+def ranks_in_sync(model: torch.nn.Module, backend: Backend) -> float:
     """Largest difference between any rank's parameters and rank 0's: DDP promises exactly 0.
 
     Buffers (BatchNorm running statistics) are left out: each rank updates them from its own batches, and DDP

@@ -23,7 +23,7 @@ def run_fingerprint(config: ExperimentConfig, run: TrainingRun, features_sha256:
     code."""
     settings = {k: v for k, v in to_dict(config.train).items() if k not in SWEEP_ONLY}
     settings.update(world_size=run.world_size, device=run.device, batch_size=run.batch_size, repeat=run.repeat,
-                    seed=repeat_seed(config.train.seed, run.repeat))
+                    seed=repeat_seed(config.train.seed, run.repeat), backend=run.backend)
     return {"settings": settings, "features_sha256": features_sha256, "code": fingerprint.code_version()}
 
 

@@ -25,7 +25,7 @@ from pipeline.config import TrainConfig
 from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.records import EpochRecord
 from pipeline.train import checkpoint
-from pipeline.train.backend import DDPBackend
+from pipeline.train.backend import Backend
 from pipeline.train.builders import (
     build_loader,
     build_network,
@@ -81,7 +81,7 @@ class Trainer:
     """One rank's training run: built once (data, model, optimizer, schedule, loader, checkpoint), then `fit()`."""
 
     def __init__(self, layout: RunLayout, paths: TrainingPaths, config: TrainConfig, device: torch.device,
-                 backend: DDPBackend, stop: StopFlag, log: Callable[[str], None] = print, tensorboard=None) -> None:
+                 backend: Backend, stop: StopFlag, log: Callable[[str], None] = print, tensorboard=None) -> None:
         self.layout, self.paths, self.config, self.device = layout, paths, config, device
         self.backend, self.stop, self.log, self.tensorboard = backend, stop, log, tensorboard
         self.rank, self.world = backend.rank, backend.world_size
@@ -94,7 +94,8 @@ class Trainer:
                                                        device)
         self.ddp = backend.wrap(self.model, device)
         self.lr = effective_lr(config, self.world)
-        self.optimizer = build_optimizer(self.model, self.lr)
+        self.optimizer = backend.wrap_optimizer(build_optimizer(self.model, self.lr), self.model,
+                                                config.grad_accumulation)
         self.sampler, self.loader = build_loader(self.train_set, config, self.world, self.rank, device)
         self.steps_per_epoch = optimizer_steps_per_epoch(self.sampler, config, len(self.train_set))
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
@@ -112,7 +113,7 @@ class Trainer:
 
     @classmethod
     def build(cls, layout: RunLayout, paths: TrainingPaths, config: TrainConfig, device: torch.device,
-              backend: DDPBackend, stop: StopFlag, resume: bool, log: Callable[[str], None] = print,
+              backend: Backend, stop: StopFlag, resume: bool, log: Callable[[str], None] = print,
               tensorboard=None) -> Trainer:
         """A trainer ready to `fit`, continuing from the run's checkpoint when `resume` and there is one."""
         trainer = cls(layout, paths, config, device, backend, stop, log, tensorboard)
@@ -128,10 +129,10 @@ class Trainer:
 
     def state_dict(self, cuda_rng: checkpoint.CudaRngStates | None = None) -> dict[str, Any]:
         """What a checkpoint holds; `cuda_rng` carries every rank's CUDA generator (`gather_cuda_rng_states`)."""
-        return checkpoint.state_dict(self.model, self.optimizer, self.scheduler, self.progress, cuda_rng)
+        return checkpoint.state_dict(self.model, self.optimizer, self.scheduler, self.progress, cuda_rng, self.rank)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._start_from(checkpoint.load_state_dict(state, self.model, self.optimizer, self.scheduler))
+        self._start_from(checkpoint.load_state_dict(state, self.model, self.optimizer, self.scheduler, self.rank))
 
     def restore(self) -> None:
         """Continue from the run's checkpoint: weights, optimizer, schedule, RNG states and progress."""
@@ -213,7 +214,7 @@ class Trainer:
             progress.batches_done += 1
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()  # set_to_none, torch's default (Horovod's optimizer takes no argument)
         progress.optimizer_steps += 1
         step_end = clock.mark()
         clock.add(epoch, data_s=data, forward_backward_s=forward_backward, optimizer_s=[(backward_done, step_end)],
@@ -273,12 +274,12 @@ class Trainer:
 
     def validate(self) -> dict:
         """Metrics of the model on the validation split (the same on every rank)."""
-        return evaluate(self.model, self.val_set, self.labels, self.eval_settings)
+        return evaluate(self.model, self.val_set, self.labels, self.eval_settings, self.backend)
 
     def test(self) -> dict:
         """Metrics of the model on the test split (the same on every rank)."""
         test_set, _ = build_dataset(self.layout.root, self.config.input, self.config.feature, "test")
-        return evaluate(self.model, test_set, self.labels, self.eval_settings)
+        return evaluate(self.model, test_set, self.labels, self.eval_settings, self.backend)
 
     def facts(self) -> RunFacts:
         return RunFacts(lr_effective=self.lr, steps_per_epoch=self.steps_per_epoch, warmup_steps=self.warmup_steps,

@@ -1,4 +1,4 @@
-"""One DDP rank of one training configuration: `python -m pipeline.train.worker`, under torchrun or srun.
+"""One rank of one training configuration: `python -m pipeline.train.worker`, under torchrun, horovodrun or srun.
 
 Rank 0 writes the configuration's outputs: metrics.json, steps.csv, the test confusion matrix, model.pt (the
 final weights, for `pipeline evaluate` and `pipeline predict`) and TensorBoard logs. A run stopped by a signal
@@ -19,9 +19,9 @@ import torch
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.layout import RunLayout, TrainingPaths
 from pipeline.records import Interrupted
-from pipeline.sweep import repeat_seed
+from pipeline.sweep import BACKENDS, repeat_seed
 from pipeline.train import distributed
-from pipeline.train.backend import DDPBackend, backend_for
+from pipeline.train.backend import Backend, backend_for
 from pipeline.train.preemption import StopFlag, requeue_slurm_job
 from pipeline.train.results import finish
 from pipeline.train.trainer import Outcome, Trainer
@@ -33,7 +33,7 @@ class Rank:
 
     env: distributed.DistributedEnv
     device: torch.device
-    backend: DDPBackend
+    backend: Backend
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder of this configuration")
     parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
     parser.add_argument("--batch-size", type=int, help="batch size per rank (default: train.batch_size)")
+    parser.add_argument("--backend", choices=list(BACKENDS), help="the run's backend (default: train.backend)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
     parser.add_argument("--repeat", type=int, default=0,
                         help="repeat k of train.repeats, trained with seed train.seed + k - 1 (0: no repeats)")
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     stop.use_config(experiment.slurm.signal)
     if args.batch_size:
         experiment.train.batch_size = args.batch_size
+    if args.backend:
+        experiment.train.backend = args.backend
     experiment.train.seed = repeat_seed(experiment.train.seed, args.repeat)
     rank = join(experiment, args.device)
     paths = TrainingPaths(Path(args.out))

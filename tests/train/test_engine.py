@@ -141,10 +141,20 @@ def test_images_through_a_frozen_resnet50_with_warmup_and_linear_scaling(tmp_pat
     assert any((folder / "tensorboard").iterdir())
 
 
-def test_horovod_is_a_clear_error(tmp_path, features):
-    result = pipeline("train", str(experiment(tmp_path, features, backend="horovod")))
+def test_horovod_without_its_build_is_a_clear_error_naming_the_build_command(tmp_path, features):
+    # Where Horovod is built, a package of the same name first on the path makes it unimportable, as on a machine
+    # without the build (the one stand-in here: that machine cannot be had in the same test run).
+    hidden = tmp_path / "no-horovod" / "horovod"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('No module named horovod (hidden by the test)')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train",
+                             str(experiment(tmp_path, features, backends=["ddp", "horovod"]))],
+                            capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 2
     assert "train.backend: 'horovod' is not importable" in result.stderr
+    assert "./setup.sh --with-horovod" in result.stderr
+    assert not (tmp_path / "run" / "configs").exists()  # refused before anything trained
 
 
 def test_early_stopping_counts_epochs_without_improvement():
