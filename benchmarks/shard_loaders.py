@@ -225,7 +225,8 @@ def encoded_samples(run: str, metas: list[dict], kind: str, image: tuple[int, st
         payloads = list(x)
     else:
         size, colormap = image
-        payloads = [images.encode(ix, colormap, "png") for ix in images.colour_indices(torch.from_numpy(x), size)]
+        indices = images.colour_indices(torch.from_numpy(x), size).numpy()
+        payloads = [images.encode(ix, colormap, "png") for ix in indices]
     yield from zip(metas, payloads, strict=True)
 
 

@@ -6,6 +6,9 @@ On whatever it finds (one GPU, several, or only CPUs) it measures, each as `repe
   forward, cross-entropy, backward and Adam step per batch, as `Trainer.train_step` does without DDP;
 - log-mel + MFCC chunks/s of `preprocess.features.FeatureExtractor` on synthetic chunks (host -> device -> host, as
   a preprocessing task does);
+- spectrogram images/s, JPEG and PNG, from log-mel features on the device to encoded files on the host, as a
+  preprocessing task makes them (`preprocess.task._encoded`: on a GPU the JPEG is encoded there by nvJPEG, the PNG
+  by Pillow on the CPU from indices copied back);
 - samples/s of the training loader (`train.builders.build_loader`) over a synthetic TensorDataset, or over the
   train split of a preprocessed run folder (`--features RUN_DIR`), each batch moved to the device.
 
@@ -141,6 +144,30 @@ def bench_features(s: Settings, sync: Callable[[], None]) -> dict:
     return figure("features logmel+mfcc", "chunks/s", rates, notes, batch_chunks=s.chunks)
 
 
+def bench_images(image_format: str, s: Settings, sync: Callable[[], None]) -> dict:
+    """Images/s of one format from log-mel features already on the device, as a preprocessing task writes them."""
+    from pipeline.preprocess.features import FeatureExtractor
+    from pipeline.preprocess.task import _encoded
+
+    config = PreprocessConfig(image_format=image_format, image_size=s.image_size)
+    chunks = torch.randn(s.chunks, int(config.chunk_seconds * SAMPLE_RATE)) * 0.1
+    logmel = FeatureExtractor(config, SAMPLE_RATE, s.device).on_device(chunks)["logmel"]
+
+    def run() -> int:
+        for _ in range(s.steps):
+            _encoded(logmel, config)
+        return s.steps * s.chunks
+
+    rates = timed(run, s, sync)
+    where = ("scaled, resized, coloured and encoded on the GPU (nvJPEG), bytes to the host" if image_format == "jpeg"
+             else "scaled and resized on the GPU, indices to the host, encoded by Pillow on one CPU thread") \
+        if s.device == "cuda" else "on the CPU, encoded by Pillow"
+    notes = (f"{s.chunks} log-mel maps of {config.n_mels} x {logmel.shape[-1]} per call, {s.steps} calls per repeat, "
+             f"{s.image_size} px {image_format}: {where}")
+    return figure(f"images {image_format}", "images/s", rates, notes, image_format=image_format,
+                  image_size=s.image_size)
+
+
 def loader_dataset(s: Settings, features: Path | None) -> tuple[torch.utils.data.Dataset, str]:
     """The train split of a preprocessed run folder, or synthetic log-mel-sized samples."""
     if features is not None:
@@ -225,7 +252,8 @@ def measure(s: Settings, features: Path | None) -> tuple[list[dict], list[dict]]
                 continue
             results.append(bench_training(model, precision, s, sync))
             print(f"bench: {_row(results[-1])}", flush=True)
-    for run in (lambda: bench_features(s, sync), lambda: bench_loader(s, sync, features)):
+    for run in (lambda: bench_features(s, sync), lambda: bench_images("jpeg", s, sync),
+                lambda: bench_images("png", s, sync), lambda: bench_loader(s, sync, features)):
         results.append(run())
         print(f"bench: {_row(results[-1])}", flush=True)
     return results, skipped

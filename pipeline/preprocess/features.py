@@ -26,9 +26,14 @@ class FeatureExtractor:
                                          config.n_mels, sample_rate).to(device)
         self.dct = AF.create_dct(config.n_mfcc, config.n_mels, norm="ortho").to(device)
 
-    @torch.inference_mode()
     def __call__(self, chunks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[n, samples] float waveforms -> {'logmel': [n, n_mels, frames], 'mfcc': [n, n_mfcc, frames]}."""
+        """[n, samples] float waveforms -> {'logmel': [n, n_mels, frames], 'mfcc': [n, n_mfcc, frames]} on the CPU."""
+        return {name: value.cpu() for name, value in self.on_device(chunks).items()}
+
+    @torch.inference_mode()
+    def on_device(self, chunks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """As `__call__`, left on the extractor's device: images are rendered from these without a round trip
+        through the host (`images.colour_indices` and `images.encode_jpeg_batch` run on any device)."""
         spectrum = torch.stft(chunks.to(self.device), self.config.n_fft, self.config.hop_length, window=self.window,
                               center=True, pad_mode="reflect", return_complex=True)
         power = spectrum.real.square() + spectrum.imag.square()  # [n, freq, frames]
@@ -36,4 +41,4 @@ class FeatureExtractor:
         # A 4-D input makes amplitude_to_DB apply top_db per chunk, not across the whole batch.
         logmel = AF.amplitude_to_DB(power.unsqueeze(1), 10.0, 1e-10, 0.0, self.config.top_db).squeeze(1)
         mfcc = torch.matmul(logmel.transpose(1, 2), self.dct).transpose(1, 2)
-        return {"logmel": logmel.cpu(), "mfcc": mfcc.cpu()}
+        return {"logmel": logmel, "mfcc": mfcc}

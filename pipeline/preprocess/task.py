@@ -193,11 +193,12 @@ class _TaskOutput:
                 first = len(rows)
                 rows += [_row(file.source, k, start, end, self.rate)
                          for k, (start, end) in zip(batch.index, batch.bounds, strict=True)]
-                feats = self.extractor(torch.from_numpy(batch.samples))
+                on_device = self.extractor.on_device(torch.from_numpy(batch.samples))
+                feats = {name: value.cpu() for name, value in on_device.items()}
                 arrays = {name: value.numpy() for name, value in feats.items()}
                 shard.append(arrays)
                 stats.add(arrays, rows[first:])
-                _write_images(self.run, rows[first:], feats, self.config, tars)
+                _write_images(self.run, rows[first:], on_device, self.config, tars)
                 if self.config.export_chunks:
                     _write_chunk_wavs(self.run, rows[first:], batch, self.rate)
         except AudioError as err:
@@ -240,12 +241,11 @@ def _image_shards(run: Path, task_id: int, config: PreprocessConfig) -> image_sh
 def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], config: PreprocessConfig,
                   tars: image_shards.ImageShards) -> None:
     """One image per chunk and feature, into the task's tar or a file of its own; sets each row's image_<feature>
-    (relative to the run folder: `images/<feature>/shard-NNNNN.tar#<member>`, or the file's path)."""
+    (relative to the run folder: `images/<feature>/shard-NNNNN.tar#<member>`, or the file's path). `feats` may be
+    on a GPU: the images are then made there (`images`' docstring says what reaches the host)."""
     suffix = images.SUFFIXES[config.image_format]
     for feature in config.image_features if config.images else []:
-        indices = images.colour_indices(feats[feature], config.image_size)
-        for row, picture in zip(rows, indices, strict=True):
-            data = images.encode(picture, config.colormap, config.image_format)
+        for row, data in zip(rows, _encoded(feats[feature], config), strict=True):
             if config.image_layout == "shards":
                 meta = {"label": row["label"], "split": row["split"], "path": row["path"], "chunk": row["chunk"]}
                 member, offset, size = tars.write(feature, image_shards.sample_key(row["stem"]), suffix, data, meta)
@@ -254,6 +254,14 @@ def _write_images(run: Path, rows: list[dict], feats: dict[str, torch.Tensor], c
             else:
                 row[f"image_{feature}"] = f"{IMAGES}/{feature}/{row['split']}/{row['label']}/{row['stem']}.{suffix}"
                 _write_bytes(run / row[f"image_{feature}"], data)
+
+
+def _encoded(features: torch.Tensor, config: PreprocessConfig) -> list[bytes]:
+    """The image files of a batch of one feature: JPEG on the features' GPU, else Pillow from host indices."""
+    indices = images.colour_indices(features, config.image_size)
+    if indices.is_cuda and config.image_format == "jpeg":
+        return images.encode_jpeg_batch(indices, config.colormap)
+    return [images.encode(picture, config.colormap, config.image_format) for picture in indices.cpu().numpy()]
 
 
 def _write_chunk_wavs(run: Path, rows: list[dict], batch: Chunks, sample_rate: int) -> None:

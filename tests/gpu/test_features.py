@@ -26,6 +26,30 @@ def test_cuda_features_match_the_cpu():
         assert torch.allclose(cpu[name], gpu[name], atol=1e-2, rtol=1e-3), name
 
 
+def test_cuda_images_are_made_on_the_device_and_match_the_cpu_render():
+    """JPEG from features left on the GPU (nvJPEG) decodes close to the CPU's Pillow JPEG of the same features; PNG
+    from the GPU (indices resized on the device, crossing to the host, Pillow encoding) close to the CPU's PNG: the
+    device's float rounding may move a level here and there."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.preprocess.task import _encoded
+
+    chunks = torch.randn(16, 48000) * 0.1
+    on_gpu = FeatureExtractor(PreprocessConfig(), 16000, "cuda").on_device(chunks)["logmel"]
+    assert on_gpu.is_cuda
+    for image_format in ("jpeg", "png"):
+        config = PreprocessConfig(image_format=image_format, image_size=224)
+        gpu_files, cpu_files = _encoded(on_gpu, config), _encoded(on_gpu.cpu(), config)
+        assert len(gpu_files) == len(cpu_files) == 16
+        for ours, theirs in zip(gpu_files, cpu_files, strict=True):
+            with Image.open(io.BytesIO(ours)) as a, Image.open(io.BytesIO(theirs)) as b:
+                assert a.format == image_format.upper()
+                difference = np.abs(np.asarray(a.convert("RGB")).astype(int) - np.asarray(b.convert("RGB")))
+                assert difference.mean() < (4 if image_format == "jpeg" else 1), (image_format, difference.mean())
+
+
 def _devices_seen() -> tuple[str, int]:
     import os
 

@@ -101,6 +101,27 @@ def test_palette_png_decodes_to_the_rendered_pixels_and_jpeg_close_to_them():
         assert jpeg.format == "JPEG" and np.abs(decoded - rgb[1]).mean() < 4
 
 
+def test_the_device_path_looks_up_the_same_pixels_and_encodes_jpeg_close_to_pillows():
+    """`rgb` and `encode_jpeg_batch` are what a GPU feature worker runs (`task._encoded`); here on CPU tensors, the
+    same code with torchvision's CPU encoder in place of nvJPEG (tests/gpu runs it on CUDA)."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.preprocess.images import colormap_table, colour_indices, encode, encode_jpeg_batch, rgb
+
+    torch.manual_seed(2)
+    indices = colour_indices(torch.randn(3, 32, 101).cumsum(2), 96)
+    assert np.array_equal(rgb(indices, "viridis").numpy(), np.take(colormap_table("viridis"), indices.numpy(), 0))
+    files = encode_jpeg_batch(indices, "viridis")
+    assert len(files) == 3 and encode_jpeg_batch(indices[:0], "viridis") == []
+    for data, picture in zip(files, indices, strict=True):
+        with Image.open(io.BytesIO(data)) as ours, Image.open(io.BytesIO(encode(picture, "viridis", "jpeg"))) as pil:
+            assert ours.format == "JPEG" and ours.size == (96, 96)
+            difference = np.abs(np.asarray(ours.convert("RGB")).astype(int) - np.asarray(pil.convert("RGB")))
+            assert difference.mean() < 3, difference.mean()
+
+
 def test_a_shard_folder_gets_the_permissions_of_the_features_folder(tmp_path):
     features = tmp_path / "features"
     features.mkdir()
