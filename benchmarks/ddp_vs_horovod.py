@@ -40,17 +40,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
 from benchlib import (
-    REPO,
     RESULTS,
     CpuMeter,
     command_line,
@@ -58,7 +53,6 @@ from benchlib import (
     environment,
     now,
     portable,
-    portable_command,
     require_features,
     spread,
     write_result,
@@ -68,8 +62,8 @@ from train_models_cpu import (
     chunks_per_model,
     estimate,
     make_scratch,
-    pipeline_command,
     read_configuration,
+    run_model,
     speedup_of,
     training_parser,
 )
@@ -104,31 +98,6 @@ def orders(repeat: int, args: argparse.Namespace) -> tuple[list[str], list[int]]
     return BACKENDS[::-1], args.world_sizes[::-1]
 
 
-def run_pipeline(args: argparse.Namespace, model: str, run_dir: Path, backends: list[str],
-                 world_sizes: list[int]) -> tuple[list[str], float, int]:
-    """`pipeline train` for one model, every backend x world size in the given orders; (command with portable
-    paths, wall seconds, exit status). The log goes to run_dir/bench.log."""
-    overrides = {"name": f"bench-{model}", "run_dir": str(run_dir), "train.model": model, "train.input": "features",
-                 "train.feature": "logmel", "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-                 "train.backends": "[" + ",".join(backends) + "]",
-                 "train.world_sizes": "[" + ",".join(str(n) for n in world_sizes) + "]",
-                 "train.threads_per_rank": args.threads_per_rank, "train.device": args.device,
-                 "train.loader_workers": 0, "train.skip_oversubscribed": True}
-    command = [*pipeline_command(), "train", str(args.config), "--force"]
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
-    start = time.perf_counter()
-    with open(run_dir / "bench.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        try:
-            status = process.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)  # the session started here: pipeline + torchrun/horovodrun
-            process.wait()
-            status = -1
-    return portable_command(command), time.perf_counter() - start, status
-
-
 def find_configuration(run_dir: Path, ws: int, batch: int, backend: str) -> Path:
     """The folder of one run, on whichever device the pipeline placed it (ws<n>-<device>-bs<b>[-horovod])."""
     suffix = "" if backend == "ddp" else f"-{backend}"
@@ -158,7 +127,8 @@ def one_call(args: argparse.Namespace, model: str, repeat: int, raw: dict, notes
     print(f"repeat {repeat}/{args.repeats}, {model}: {counts['description']}, backends {backends}, world sizes "
           f"{world_sizes}", flush=True)
     meter = CpuMeter()
-    command, wall, status = run_pipeline(args, model, run_dir, backends, world_sizes)
+    extra = {"train.backends": "[" + ",".join(backends) + "]", "train.device": args.device}
+    command, wall, status = run_model(args, model, run_dir, world_sizes, extra)
     load = meter.stop()
     for backend in backends:
         for ws in world_sizes:

@@ -160,14 +160,16 @@ def pipeline_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "pipeline.cli"]
 
 
-def run_model(args: argparse.Namespace, model: str, run_dir: Path, order: list[int]) -> tuple[list[str], float, int]:
-    """`pipeline train` for one model, its world sizes in `order`; (command as recorded, with portable paths, wall
-    seconds, exit status). The log goes to run_dir/bench.log."""
+def run_model(args: argparse.Namespace, model: str, run_dir: Path, order: list[int],
+              extra: dict[str, object] | None = None) -> tuple[list[str], float, int]:
+    """`pipeline train` for one model, its world sizes in `order` (`extra`: more or other `--set` values, e.g.
+    ddp_vs_horovod.py's backends and device); (command as recorded, with portable paths, wall seconds, exit
+    status). The log goes to run_dir/bench.log."""
     world_sizes = "[" + ",".join(str(n) for n in order) + "]"
     overrides = {"name": f"bench-{model}", "run_dir": str(run_dir), "train.model": model, "train.input": "features",
                  "train.feature": "logmel", "train.epochs": args.epochs, "train.batch_size": args.batch_size,
                  "train.world_sizes": world_sizes, "train.threads_per_rank": args.threads_per_rank,
-                 "train.device": "cpu", "train.loader_workers": 0, "train.skip_oversubscribed": True}
+                 "train.device": "cpu", "train.loader_workers": 0, "train.skip_oversubscribed": True, **(extra or {})}
     command = [*pipeline_command(), "train", str(args.config), "--force"]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
@@ -177,7 +179,7 @@ def run_model(args: argparse.Namespace, model: str, run_dir: Path, order: list[i
         try:
             status = process.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)  # the session of the process started here: pipeline + torchrun
+            os.killpg(process.pid, signal.SIGTERM)  # the session started here: pipeline + torchrun/horovodrun
             process.wait()
             status = -1
     return portable_command(command), time.perf_counter() - start, status

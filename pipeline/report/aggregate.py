@@ -23,6 +23,7 @@ import statistics
 
 from scipy import stats
 
+from pipeline.report.table import backend_of
 from pipeline.sweep import TrainingRun
 
 IDENTITY = ("repeat", "seed")
@@ -47,7 +48,7 @@ def configuration_of(row: dict) -> str:
     """The configuration a run is a repeat of, from what it recorded (ranks, device, batch per rank: fields of both
     metrics.json and skipped.json), not from its folder's name, which is only where it was written."""
     return TrainingRun(row["world_size"], row["device"], row["batch_size_per_rank"],
-                       backend=row.get("backend", "ddp")).configuration
+                       backend=backend_of(row)).configuration
 
 
 def one_per_configuration(skipped: list[dict]) -> list[dict]:

@@ -14,7 +14,16 @@ from pipeline.io import atomic_write, atomic_write_csv, atomic_write_text
 from pipeline.report.aggregate import aggregate
 from pipeline.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from pipeline.report.plots import errorbar
-from pipeline.report.table import add_derived, backend_of, backend_order, cell, collect, relative_ci, scaling_groups
+from pipeline.report.table import (
+    add_derived,
+    backend_of,
+    backend_order,
+    cell,
+    collect,
+    relative_ci,
+    scaling_groups,
+    several_backends,
+)
 
 FIGURE = "compare"
 """compare.png and compare.svg: speedup and samples/s of both runs."""
@@ -159,7 +168,7 @@ def draw(rows_a: list[dict], rows_b: list[dict], label_a: str, label_b: str, pat
     configurations."""
     fig = PlotFigure(figsize=(10, 4))
     ax_speed, ax_rate = fig.subplots(1, 2)
-    named = len({backend_of(r) for r in rows_a + rows_b}) > 1
+    named = several_backends(rows_a + rows_b)
     for rows, label, style in [(rows_a, label_a, "o-"), (rows_b, label_b, "s--")]:
         for (device, batch, backend), group in scaling_groups(rows):
             sizes = [r["world_size"] for r in group]

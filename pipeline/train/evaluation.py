@@ -10,7 +10,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -44,14 +43,11 @@ class Group(Protocol):
 def evaluate(model: nn.Module, dataset: Dataset, labels: list[str], settings: EvalSettings,
              group: Group | None = None) -> dict:
     """Metrics of `model` on `dataset` (loss, accuracy, balanced accuracy, macro F1, EER, confusion), scored by
-    every rank of `group` (None: torch.distributed's group if one was joined, else this process alone)."""
+    every rank of `group` (None: this process alone, as `pipeline evaluate` scores)."""
     device = settings.device
     was_training = model.training
     model.eval()
-    if group is not None:
-        rank, world = group.rank, group.world_size
-    else:
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
     mine = list(range(rank, len(dataset), world))
     loader = DataLoader(Subset(dataset, mine), batch_size=settings.batch_size, num_workers=settings.loader_workers,
                         pin_memory=device.type == "cuda")
@@ -69,16 +65,10 @@ def evaluate(model: nn.Module, dataset: Dataset, labels: list[str], settings: Ev
     part = (np.array(mine), *(np.concatenate(p) if p else np.empty(0) for p in (scores, targets, losses)))
     parts = [part]
     if world > 1:
-        parts = group.all_gather_object(part) if group is not None else _all_gather(part, world)
+        parts = group.all_gather_object(part)
     order = np.argsort(np.concatenate([p[0] for p in parts]))
     all_scores = np.concatenate([p[1].reshape(-1, len(labels)) for p in parts])[order]
     all_targets = np.concatenate([p[2] for p in parts]).astype(np.int64)[order]
     all_losses = np.concatenate([p[3] for p in parts])[order]
     model.train(was_training)
     return {"loss": float(all_losses.mean()), **classification_metrics(all_targets, all_scores, labels)}
-
-
-def _all_gather(part: object, world: int) -> list:
-    parts: list = [None] * world
-    dist.all_gather_object(parts, part)
-    return parts
