@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pipeline.config import ExperimentConfig, load_config, load_experiment, save_config
+from pipeline.config import ExperimentConfig, load_config, load_experiment
 from pipeline.layout import RunLayout
 
 if TYPE_CHECKING:
@@ -66,9 +66,11 @@ class Experiment:
         return RunLayout(self.config.run_dir)
 
     def save_config(self) -> Path:
-        """Write RUN_DIR/config.yaml, the copy that training ranks and SLURM jobs read."""
-        save_config(self.config, self.layout.config)
-        return self.layout.config
+        """Write RUN_DIR/config.yaml, the copy that training ranks and SLURM jobs read (`pipeline.run_config`:
+        refused with other settings while another process holds a lock of the folder)."""
+        from pipeline.run_config import save_run_config
+
+        return save_run_config(self.config)
 
     def data(self) -> Path:
         """Build the dataset if the pipeline makes it, and write the manifest; its path."""

@@ -38,7 +38,7 @@ __all__ = [
     "ConfigError", "DaskSlurmConfig", "DataConfig", "ExperimentConfig", "PlanConfig", "PreprocessConfig",
     "ReportConfig",
     "SlurmConfig", "SplitConfig", "TrainConfig", "build", "check_config", "check_slurm", "input_shape",
-    "load_config", "load_experiment", "save_config", "slurm_time_seconds", "to_dict",
+    "config_text", "load_config", "load_experiment", "save_config", "slurm_time_seconds", "to_dict",
 ]
 
 
@@ -80,5 +80,10 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+def config_text(config: ExperimentConfig) -> str:
+    """The YAML `save_config` writes."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save_config(config: ExperimentConfig, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic_write_text(path, config_text(config))

@@ -14,11 +14,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import ExperimentConfig, save_config
+from pipeline.config import ExperimentConfig
 from pipeline.data.demo import build_demo
 from pipeline.data.manifest import manifest_and_summary, write_manifest
 from pipeline.data.spoof import build_spoof, is_built
 from pipeline.layout import RunLayout
+from pipeline.run_config import save_run_config
 from pipeline.run_lock import RunLock, lock_path
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def report_stage(run_dir: Path, other: Path | list[Path] | None = None, out: Pat
 
 def run_all(config: ExperimentConfig, force: bool = False) -> Path:
     started = time.perf_counter()
-    save_config(config, RunLayout(config.run_dir).config)
+    save_run_config(config)
     data_stage(config)
     preprocess_stage(config)
     train_stage(config, force=force)

@@ -20,9 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import ExperimentConfig, save_config
+from pipeline.config import ExperimentConfig
 from pipeline.io import atomic_write_text
 from pipeline.layout import RunLayout
+from pipeline.run_config import save_run_config
 from pipeline.slurm import jobs
 from pipeline.slurm.jobs import JobRecord
 from pipeline.slurm.scripts import JobScript, experiment_scripts
@@ -31,7 +32,7 @@ from pipeline.slurm.scripts import JobScript, experiment_scripts
 def write_scripts(config: ExperimentConfig) -> list[tuple[JobScript, Path]]:
     """Save the resolved config and every job script under RUN_DIR/slurm/."""
     layout = RunLayout(config.run_dir)
-    save_config(config, layout.config)
+    save_run_config(config)
     python = config.slurm.python or sys.executable
     written = []
     for script in experiment_scripts(config, layout.config, python):
