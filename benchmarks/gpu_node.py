@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # pipeline.io (standard library only) and the two helpers
 from gpu_node_summary import write_summary  # noqa: E402
 
 CONFIG = ROOT / "configs" / "gpu-node.yaml"
@@ -125,8 +125,8 @@ def experiment_overrides(args: argparse.Namespace, data: Path, run_dir: Path) ->
     overrides = [f"run_dir={run_dir}", f"data.root={data}", f"train.device={args.device}"]
     if args.quick:
         overrides += ["preprocess.image_size=32", "preprocess.workers=2", "train.model=cnn", "train.epochs=2",
-                      "train.batch_size=8",
-                      "train.loader_workers=1", "train.synthetic_steps=4", "train.threads_per_rank=1"]
+                      "train.batch_size=8", "train.loader_workers=1", "train.synthetic_steps=4",
+                      "train.threads_per_rank=1"]
     return [item for value in overrides for item in ("--set", value)]
 
 

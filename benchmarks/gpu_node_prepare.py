@@ -15,6 +15,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from pipeline.io import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,11 +25,9 @@ def encode_ogg(wav_root: Path, ogg_root: Path) -> int:
     count = 0
     for wav in sorted(wav_root.glob("*/*.wav")):
         target = ogg_root / wav.parent.name / f"{wav.stem}.ogg"
-        target.parent.mkdir(parents=True, exist_ok=True)
         samples, rate = sf.read(wav, dtype="float32")
-        partial = target.with_suffix(".ogg.partial")
-        sf.write(partial, samples, rate, format="OGG", subtype="VORBIS", compression_level=1.0)
-        partial.replace(target)
+        atomic_write(target, lambda tmp, samples=samples, rate=rate: sf.write(
+            tmp, samples, rate, format="OGG", subtype="VORBIS", compression_level=1.0))
         count += 1
     return count
 

@@ -2,7 +2,8 @@
 
 Every figure is read from what a step wrote (JUnit XML, `pipeline bench`'s JSON, the run's report `scaling.json`,
 train_overhead.py's JSON); a step that did not write its file leaves its figures out, with the reason. Standard
-library only at import: the orchestrator may run before the node has the pipeline's dependencies.
+library only at import (pipeline.io is too): the orchestrator may run before the node has the pipeline's
+dependencies.
 `python benchmarks/gpu_node_summary.py machine OUT.json` records the machine (torch, CUDA, the GPU, nvidia-smi).
 """
 
@@ -15,6 +16,8 @@ import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+
+from pipeline.io import atomic_write_text  # standard library only, like `import pipeline`
 
 # The targets the project set for one H200 (issue "GPU-ready"): what a GPU run is judged against.
 TARGETS = {
@@ -105,9 +108,7 @@ def write_summary(out: Path, work: Path, steps: list[dict], device: str, quick: 
                                                    ("parameters", "overhead", "ratio_instrumented_to_bare",
                                                     "cadence", "machine_load")},
     }
-    partial = out.with_suffix(".json.partial")
-    partial.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    partial.replace(out)
+    atomic_write_text(out, json.dumps(summary, indent=1, default=str) + "\n")
 
 
 def machine(out: Path) -> None:
@@ -128,7 +129,7 @@ def machine(out: Path) -> None:
         record["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     except (OSError, subprocess.TimeoutExpired) as err:
         record["nvidia_smi"] = f"not run: {err}"
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
     print(json.dumps(record))
 
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -37,7 +36,7 @@ def pinned(lock: Path, python: str) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         requirement = Requirement(line)
-        if requirement.marker is not None and not Marker(str(requirement.marker)).evaluate(environment):
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
             continue
         specifiers = list(requirement.specifier)
         if len(specifiers) != 1 or specifiers[0].operator != "==":
